@@ -44,3 +44,14 @@ def test_missing_config_file_is_named(tmp_path):
 def test_per_level_length_mismatch():
     with pytest.raises(ConfigError, match="MODEL.PRIORS.STRIDES"):
         load_config(opts=["MODEL.PRIORS.STRIDES", "[8, 16]"])
+
+
+def test_config_reference_is_generated_and_current():
+    """docs/config.md is generated from defaults.py comments; every key must be documented."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "gen_config_docs.py"
+    result = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
