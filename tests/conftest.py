@@ -17,7 +17,9 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 def bccd_root() -> Path:
     """../shared/data/BCCD (read-only, VOC layout); skips when the shared folder is absent (a user's clone)."""
     if not (BCCD_ROOT / "Annotations").is_dir():
-        pytest.skip(f"BCCD dataset not found at {BCCD_ROOT} (the project's ../shared/data/BCCD folder is missing)")
+        pytest.skip(
+            f"BCCD dataset not found at {BCCD_ROOT} (the project's ../shared/data/BCCD folder is missing)"
+        )
     return BCCD_ROOT
 
 

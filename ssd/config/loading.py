@@ -33,7 +33,9 @@ def _merge(cfg: CfgNode, merge, source: str) -> None:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load_config(config_file: str | Path | None = None, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+def load_config(
+    config_file: str | Path | None = None, opts: Sequence[str] = (), freeze: bool = True
+) -> CfgNode:
     """Defaults <- YAML file <- `KEY VALUE` overrides, then derived values checked.
 
     Args:
@@ -92,17 +94,24 @@ def check_config(cfg: CfgNode) -> None:
             f"MODEL.PRIORS.BOXES_PER_LOCATION = {list(priors.BOXES_PER_LOCATION)} but ASPECT_RATIOS "
             f"{list(priors.ASPECT_RATIOS)} give 2 + 2 * len(ratios) = {expected}"
         )
-    for key, lo in (("MODEL.NUM_CLASSES", 2), ("INPUT.IMAGE_SIZE", 1), ("SOLVER.BATCH_SIZE", 1)):
-        node_key, leaf = key.rsplit(".", 1)
-        value = getattr(getattr(cfg, node_key.split(".")[0]), leaf)
-        if value < lo:
-            raise ConfigError(f"{key} must be >= {lo}, got {value}")
-    for key, value in (("MODEL.THRESHOLD", cfg.MODEL.THRESHOLD), ("TEST.NMS_THRESHOLD", cfg.TEST.NMS_THRESHOLD)):
+    for key, value, lowest in (
+        ("MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, 2),
+        ("INPUT.IMAGE_SIZE", cfg.INPUT.IMAGE_SIZE, 1),
+        ("SOLVER.BATCH_SIZE", cfg.SOLVER.BATCH_SIZE, 1),
+    ):
+        if value < lowest:
+            raise ConfigError(f"{key} must be >= {lowest}, got {value}")
+    for key, value in (
+        ("MODEL.THRESHOLD", cfg.MODEL.THRESHOLD),
+        ("TEST.NMS_THRESHOLD", cfg.TEST.NMS_THRESHOLD),
+    ):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key} must be in [0, 1], got {value}")
     if cfg.SOLVER.OPTIMIZER not in ("SGD", "AdamW"):
         raise ConfigError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.LR_SCHEDULER not in ("multistep", "cosine"):
-        raise ConfigError(f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}")
+        raise ConfigError(
+            f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}"
+        )
     if cfg.SOLVER.BEST_MODE not in ("min", "max"):
         raise ConfigError(f"SOLVER.BEST_MODE must be 'min' or 'max', got {cfg.SOLVER.BEST_MODE!r}")
