@@ -1,0 +1,171 @@
+"""From the config to datasets and data loaders (the only place in ssd/data that reads a cfg).
+
+Batches (docs/contracts.md, "Data loader"):
+    images  (N, 3, S, S) float32, mean subtracted
+    targets list of N dicts {"boxes_norm": (G_i, 4) float32 in 0..1, "labels": (G_i,) int64}; G_i may be 0
+    indices (N,) int64, dataset indices (of the concatenated dataset for several training sets)
+
+Workers: DATA_LOADER.NUM_WORKERS is used as given. Its default (8, lufficc's) suits a GPU machine with many
+cores; on a CPU-only laptop 2-4 is plenty and 0 (load in the main process) is easiest to debug. Results do not
+depend on the number of workers: every training sample is augmented with its own generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
+
+from ssd.data.datasets.base import DetectionDataset
+from ssd.data.datasets.catalog import get_dataset, register_from_config
+from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
+from ssd.data.transforms import build_transforms
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]
+
+
+class DetectionConcatDataset(ConcatDataset):
+    """Several datasets with the same classes, seen as one (indices run through them in order)."""
+
+    def __init__(self, datasets: Sequence[DetectionDataset]) -> None:
+        super().__init__(datasets)
+        first = datasets[0]
+        for dataset in datasets[1:]:
+            if tuple(dataset.class_names) != tuple(first.class_names):
+                raise ValueError(
+                    f"cannot concatenate datasets with different classes: {first.name} has {first.class_names}, "
+                    f"{dataset.name} has {dataset.class_names}"
+                )
+        self.class_names = first.class_names
+        self.contiguous_id_to_dataset_id = first.contiguous_id_to_dataset_id
+        self.num_clipped_boxes = sum(d.num_clipped_boxes for d in datasets)
+        self.num_dropped_boxes = sum(d.num_dropped_boxes for d in datasets)
+
+    def _locate(self, index: int) -> tuple[DetectionDataset, int]:
+        dataset_index = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
+        start = self.cumulative_sizes[dataset_index - 1] if dataset_index else 0
+        return self.datasets[dataset_index], index - start
+
+    def get_annotation(self, index: int) -> dict[str, Any]:
+        dataset, local = self._locate(index)
+        return dataset.get_annotation(local)
+
+    def load_image(self, index: int) -> np.ndarray:
+        dataset, local = self._locate(index)
+        return dataset.load_image(local)
+
+    def get_item(self, index: int, rng: np.random.Generator | None):
+        dataset, local = self._locate(index)
+        image, target, _ = dataset.get_item(local, rng)
+        return image, target, index
+
+    def __getitem__(self, index: int):
+        return self.get_item(index, rng=None)
+
+
+def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset | DetectionConcatDataset:
+    """The datasets called `names` (DATASETS.REGISTER entries registered first) with the pipeline of
+    `build_transforms`; several names give one `DetectionConcatDataset` (same classes required)."""
+    register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError(
+            f"no dataset names given ({'DATASETS.TRAIN' if is_train else 'DATASETS.TEST'} is empty)"
+        )
+    transform = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train)
+    data_root = cfg.DATASETS.DATA_ROOT or None
+    datasets = [
+        get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names
+    ]
+    return datasets[0] if len(datasets) == 1 else DetectionConcatDataset(datasets)
+
+
+def collate_batch(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor], int]]) -> Batch:
+    """[(image (3,S,S), target, index)] * N -> (images (N,3,S,S), targets list of N dicts, indices (N,))."""
+    images = torch.stack([sample[0] for sample in samples])  # (N, 3, S, S)
+    targets = [sample[1] for sample in samples]  # box counts differ per image: kept as a list
+    indices = torch.tensor([sample[2] for sample in samples], dtype=torch.int64)  # (N,)
+    return images, targets, indices
+
+
+class _SeededSamples(Dataset):
+    """Training-loader view of a dataset: item (index, position) is augmented with a generator seeded by
+    (seed, position, index), so it does not depend on the worker that loads it (see samplers.py)."""
+
+    def __init__(self, dataset: DetectionDataset | DetectionConcatDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, position = item
+        return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, position, index]))
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers run in parallel already: one OpenCV / torch thread each avoids oversubscribing the cores.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _resolve_seed(seed: int) -> int:
+    if seed >= 0:
+        return seed
+    seed = secrets.randbits(31)
+    logger.info("SEED is -1: data order and augmentation use the random seed %d", seed)
+    return seed
+
+
+def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
+    """Endless training loader: yields SOLVER.MAX_ITER - start_iter batches of SOLVER.BATCH_SIZE images.
+
+    Deterministic given SEED (whatever DATA_LOADER.NUM_WORKERS is), and resuming at `start_iter` continues
+    the data order of an uninterrupted run. In distributed mode every process gets its own share.
+    `loader.dataset.dataset` is the detection dataset (class_names, get_annotation).
+    """
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    seed = _resolve_seed(cfg.SEED)
+    rank, world_size = distributed_rank_and_size()
+    batch_sampler = IterationBatchSampler(
+        len(dataset), cfg.SOLVER.BATCH_SIZE, seed, cfg.SOLVER.MAX_ITER, start_iter, rank, world_size
+    )
+    return DataLoader(
+        _SeededSamples(dataset, seed),
+        batch_sampler=batch_sampler,
+        num_workers=cfg.DATA_LOADER.NUM_WORKERS,
+        collate_fn=collate_batch,
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        worker_init_fn=_worker_init,
+    )
+
+
+def build_test_loader(
+    cfg, dataset_name_or_dataset: str | Dataset, batch_size: int | None = None
+) -> DataLoader:
+    """Sequential loader over one dataset (a name, or a dataset built with the test transforms), batches of
+    `batch_size` or TEST.BATCH_SIZE; in distributed mode each process gets every W-th image, indices kept.
+    `loader.dataset` is the detection dataset."""
+    if isinstance(dataset_name_or_dataset, str):
+        dataset = build_dataset(cfg, [dataset_name_or_dataset], is_train=False)
+    else:
+        dataset = dataset_name_or_dataset
+    rank, world_size = distributed_rank_and_size()
+    sampler = ShardedSequentialSampler(len(dataset), rank, world_size)
+    return DataLoader(
+        dataset,
+        batch_sampler=BatchSampler(sampler, batch_size or cfg.TEST.BATCH_SIZE, drop_last=False),
+        num_workers=cfg.DATA_LOADER.NUM_WORKERS,
+        collate_fn=collate_batch,
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        worker_init_fn=_worker_init,
+    )

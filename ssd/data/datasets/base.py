@@ -1,0 +1,213 @@
+"""What every detection dataset shares: the annotation cache, box checks, image decoding, `__getitem__`.
+
+A subclass only parses its annotation format into a list of records (one dict per image, see
+`DetectionDataset.get_annotation`) and hands it to `DetectionDataset.__init__`. Everything the rest of the
+package relies on (docs/contracts.md, "Datasets") is implemented here once:
+
+- boxes outside the image are clipped to it, zero-area and inverted boxes are dropped; both are counted
+  (`num_clipped_boxes`, `num_dropped_boxes`) and reported once per dataset with one logging.warning;
+- training datasets (`is_train=True`) drop `difficult` boxes before the transform; evaluation keeps them
+  (with the flag), so the VOC metric can ignore them;
+- images are decoded with OpenCV into uint8 (H, W, 3) RGB; an unreadable file raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND = "__background__"
+
+# (image uint8 (H, W, 3), boxes_xyxy float32 (G, 4) pixels, labels int64 (G,))
+#   -> (image (3, S, S) float32, boxes_norm (G, 4) float32, labels (G,) int64)
+Transform = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def make_record(
+    image_id: int | str,
+    file_name: str | Path,
+    height: int,
+    width: int,
+    boxes_xyxy: Sequence[Sequence[float]] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    difficult: Sequence[bool] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One image's annotation as plain arrays, before the box checks (see `DetectionDataset`)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)  # (G, 4)
+    labels_arr = np.asarray(labels, dtype=np.int64).reshape(-1)  # (G,)
+    if difficult is None:
+        difficult_arr = np.zeros(len(labels_arr), dtype=np.bool_)
+    else:
+        difficult_arr = np.asarray(difficult, dtype=np.bool_).reshape(-1)
+    return {
+        "image_id": image_id,
+        "file_name": str(file_name),
+        "height": int(height),
+        "width": int(width),
+        "boxes_xyxy": boxes,
+        "labels": labels_arr,
+        "difficult": difficult_arr,
+    }
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file into uint8 (H, W, 3) RGB; grey and RGBA files are converted.
+
+    np.fromfile + cv2.imdecode instead of cv2.imread: it reads any path (non-ASCII names included) and lets
+    us tell "missing" apart from "not an image".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+    if image is None:
+        raise OSError(f"cannot decode image file (corrupt or not an image): {path}")
+    return image
+
+
+def image_size_from_file(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, for annotations that do not state it (decodes the image)."""
+    height, width = read_image_rgb(path).shape[:2]
+    return height, width
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Base class of all datasets: holds the parsed annotations and implements the dataset contract.
+
+    Args:
+        records: one dict per image from `make_record` (boxes in pixels, labels 1..C-1).
+        class_names: dataset classes with "__background__" first; label i is class_names[i].
+        transform: called as `transform(image, boxes_xyxy, labels[, rng=...])`, see `Transform`;
+            None returns the decoded image and the pixel boxes as tensors (useful for visualising).
+        is_train: training datasets drop `difficult` boxes before the transform.
+        name: used in the warning about clipped / dropped boxes.
+    """
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        class_names: Sequence[str],
+        transform: Transform | None = None,
+        is_train: bool = False,
+        name: str = "",
+    ) -> None:
+        class_names = tuple(class_names)
+        if not class_names or class_names[0] != BACKGROUND:
+            raise ValueError(f"class_names must start with {BACKGROUND!r}, got {class_names[:3]}...")
+        self.class_names: tuple[str, ...] = class_names
+        self.transform = transform
+        self.is_train = is_train
+        self.name = name or type(self).__name__
+        self.num_clipped_boxes = 0
+        self.num_dropped_boxes = 0
+        self.clipped_box_files: list[str] = []  # files with at least one clipped box
+        self.dropped_box_files: list[str] = []  # files with at least one dropped box
+        self._records = [self._check_boxes(record) for record in records]
+        self._report_bad_boxes()
+
+    # ----- the contract -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get_annotation(self, index: int) -> dict[str, Any]:
+        """Annotation of image `index` without decoding it (parsed once at construction).
+
+        Returns:
+            dict with `image_id`, `file_name`, `height`, `width` (of the original image), `boxes_xyxy`
+            float32 (G, 4) pixels, `labels` int64 (G,) in 1..C-1, `difficult` bool (G,). All boxes, difficult
+            ones included, already clipped to the image and without degenerate boxes. Do not modify them.
+        """
+        return self._records[index]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """uint8 (H, W, 3) RGB image; raises an error naming the file when it cannot be read."""
+        return read_image_rgb(self._records[index]["file_name"])
+
+    @property
+    def contiguous_id_to_dataset_id(self) -> dict[int, int]:
+        """Label -> id used by the annotation files; identity except for COCO-like datasets."""
+        return {label: label for label in range(1, len(self.class_names))}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        return self.get_item(index, rng=None)
+
+    def get_item(
+        self, index: int, rng: np.random.Generator | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """`__getitem__` with the random generator the augmentation must use (the training loader passes
+        one seeded per sample, so a sample does not depend on which worker loads it)."""
+        record = self._records[index]
+        image = self.load_image(index)
+        boxes_xyxy, labels = record["boxes_xyxy"], record["labels"]
+        if self.is_train:
+            keep = ~record["difficult"]
+            boxes_xyxy, labels = boxes_xyxy[keep], labels[keep]
+        if self.transform is None:
+            image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W) uint8
+            boxes_t, labels_t = torch.from_numpy(boxes_xyxy.copy()), torch.from_numpy(labels.copy())
+        elif rng is None:
+            image_t, boxes_t, labels_t = self.transform(image, boxes_xyxy, labels)
+        else:
+            image_t, boxes_t, labels_t = self.transform(image, boxes_xyxy, labels, rng=rng)
+        return image_t, {"boxes_norm": boxes_t, "labels": labels_t}, index
+
+    # ----- box checks -----------------------------------------------------------------------------------
+
+    def _check_boxes(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Clip boxes to the image, drop degenerate ones; count both (files kept for the report)."""
+        boxes = record["boxes_xyxy"]
+        if len(boxes) == 0:
+            return record
+        height, width = record["height"], record["width"]
+        clipped = boxes.copy()
+        np.clip(clipped[:, 0::2], 0, width, out=clipped[:, 0::2])
+        np.clip(clipped[:, 1::2], 0, height, out=clipped[:, 1::2])
+        was_clipped = np.any(clipped != boxes, axis=1)
+        # A box entirely outside the image becomes degenerate here and is dropped, not clipped.
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        num_clipped = int(np.count_nonzero(was_clipped & keep))
+        num_dropped = int(np.count_nonzero(~keep))
+        if num_clipped:
+            self.num_clipped_boxes += num_clipped
+            self.clipped_box_files.append(record["file_name"])
+        if num_dropped:
+            self.num_dropped_boxes += num_dropped
+            self.dropped_box_files.append(record["file_name"])
+        if not num_clipped and not num_dropped:
+            return record
+        return {
+            **record,
+            "boxes_xyxy": clipped[keep],
+            "labels": record["labels"][keep],
+            "difficult": record["difficult"][keep],
+        }
+
+    def _report_bad_boxes(self) -> None:
+        if self.num_clipped_boxes:
+            files = self.clipped_box_files
+            logger.warning(
+                "%s: clipped %d boxes that extend outside their image (in %d files, e.g. %s)",
+                self.name,
+                self.num_clipped_boxes,
+                len(files),
+                ", ".join(Path(f).name for f in files[:3]),
+            )
+        if self.num_dropped_boxes:
+            files = self.dropped_box_files
+            logger.warning(
+                "%s: dropped %d zero-area or inverted boxes (in %d files, e.g. %s)",
+                self.name,
+                self.num_dropped_boxes,
+                len(files),
+                ", ".join(Path(f).name for f in files[:3]),
+            )
