@@ -1,0 +1,312 @@
+"""COCO-style box AP with pycocotools, for any dataset that follows docs/contracts.md.
+
+Ground truth: a COCO dataset (one with a `coco` attribute holding a pycocotools COCO object, or a `json_file`
+attribute naming its annotation file) is evaluated against its own JSON and ids. Any other dataset (VOC, CSV,
+synthetic) is converted on the fly by `dataset_to_coco_dict`:
+- image ids are the dataset's `image_id` values (ints or strings; pycocotools accepts both), so a Detectron2
+  `coco_instances_results.json` of the same dataset can be scored against the same file;
+- category ids are `dataset.contiguous_id_to_dataset_id[label]`, or the label itself (1..C-1) without that map;
+- `area` is the box area in pixels (COCO uses the mask area; boxes are all we have), which sets the
+  small / medium / large split (32^2 and 96^2 pixels);
+- **difficult boxes become `iscrowd=1`.** pycocotools then neither counts them as objects to find nor counts a
+  detection that lands on them as an error, which is what the VOC metric does with difficult boxes. One
+  difference remains: for a crowd box pycocotools measures the overlap as intersection / detection area, so a
+  detection lying inside a difficult box is ignored even when it is much smaller than the box.
+
+Detections are written to `coco_instances_results.json` as `{"image_id", "category_id", "bbox": [x, y, w, h]
+(pixels), "score"}`, the format of Detectron2 and of the COCO test server.
+
+A class without ground truth in the evaluated images gets AP = NaN (pycocotools returns -1 there), as do metrics
+with no objects in their area range (often APs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ssd.evaluation.evaluator import (
+    DatasetEvaluator,
+    gather_predictions,
+    load_ground_truth,
+    prediction_to_numpy,
+)
+from ssd.evaluation.tables import create_small_table, per_category_table
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def category_id_map(dataset) -> dict[int, int]:
+    """Contiguous label (1..C-1) -> the dataset's own category id (identity when the dataset has no map)."""
+    mapping = getattr(dataset, "contiguous_id_to_dataset_id", None)
+    if mapping:
+        return {int(k): int(v) for k, v in mapping.items()}
+    return {label: label for label in range(1, len(dataset.class_names))}
+
+
+def dataset_to_coco_dict(dataset) -> dict:
+    """The dataset's ground truth as a COCO instances dict (see the module docstring for the choices)."""
+    to_category = category_id_map(dataset)
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        ann = load_ground_truth(dataset, index)
+        images.append(
+            {
+                "id": ann["image_id"],
+                "file_name": str(ann.get("file_name", "")),
+                "height": int(ann["height"]),
+                "width": int(ann["width"]),
+            }
+        )
+        for box, label, difficult in zip(ann["boxes_xyxy"], ann["labels"], ann["difficult"], strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            w, h = x2 - x1, y2 - y1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,  # COCO annotation ids start at 1 (0 is falsy in pycocotools)
+                    "image_id": ann["image_id"],
+                    "category_id": to_category[int(label)],
+                    "bbox": [x1, y1, w, h],
+                    "area": max(w, 0.0) * max(h, 0.0),
+                    "iscrowd": int(bool(difficult)),
+                }
+            )
+    ids = [img["id"] for img in images]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"{type(dataset).__name__}: image_id values are not unique; COCO evaluation needs them"
+        )
+    categories = [{"id": to_category[c], "name": dataset.class_names[c]} for c in sorted(to_category)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_from_dict(coco_dict: dict) -> COCO:
+    """A pycocotools COCO object built from an in-memory dict, without its index-building chatter."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(coco_dict)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def predictions_to_coco_json(
+    image_id, prediction: Mapping[str, np.ndarray], to_category: Mapping[int, int]
+) -> list:
+    """One image's prediction (NumPy, see `prediction_to_numpy`) -> COCO result entries, bbox in XYWH pixels."""
+    entries = []
+    for box, label, score in zip(
+        prediction["boxes_xyxy"], prediction["labels"], prediction["scores"], strict=True
+    ):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if int(label) not in to_category:
+            raise ValueError(f"predicted label {int(label)} is not a dataset class (1..{max(to_category)})")
+        entries.append(
+            {
+                "image_id": image_id,
+                "category_id": to_category[int(label)],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(score),
+            }
+        )
+    return entries
+
+
+def _ap_summary(coco_eval: COCOeval) -> dict[str, float]:
+    """The six AP numbers of `COCOeval.summarize()` (0-1, -1 = undefined), read from `eval["precision"]`.
+
+    Computed here rather than taken from `stats` because `summarize()` hard-codes maxDets=100 for AP, so it
+    reports -1 when `max_dets_per_image` is not 100. Every number uses the last (largest) maxDets entry.
+    """
+    precision = coco_eval.eval["precision"]  # (T IoUs, R recall points, K classes, A areas, M maxDets)
+    iou_thrs = coco_eval.params.iouThrs
+    area = {name: i for i, name in enumerate(coco_eval.params.areaRngLbl)}
+
+    def mean_valid(p: np.ndarray) -> float:
+        valid = p[p > -1]
+        return float(np.mean(valid)) if valid.size else -1.0
+
+    def at_iou(thr: float) -> np.ndarray:
+        return precision[np.flatnonzero(np.isclose(iou_thrs, thr))]
+
+    return {
+        "AP": mean_valid(precision[:, :, :, area["all"], -1]),
+        "AP50": mean_valid(at_iou(0.5)[:, :, :, area["all"], -1]),
+        "AP75": mean_valid(at_iou(0.75)[:, :, :, area["all"], -1]),
+        "APs": mean_valid(precision[:, :, :, area["small"], -1]),
+        "APm": mean_valid(precision[:, :, :, area["medium"], -1]),
+        "APl": mean_valid(precision[:, :, :, area["large"], -1]),
+    }
+
+
+def _eval_backend(use_fast_impl: bool):
+    """(COCO class, COCOeval class): faster-coco-eval when asked for and installed, else pycocotools."""
+    if use_fast_impl:
+        try:
+            from faster_coco_eval import COCO as FastCOCO  # optional; same numbers, C++ matching
+            from faster_coco_eval import COCOeval_faster
+        except ImportError:
+            logger.warning("use_fast_impl=True but faster-coco-eval is not installed; using pycocotools")
+        else:
+            return FastCOCO, COCOeval_faster
+    return COCO, COCOeval
+
+
+def evaluate_coco_detections(
+    coco_gt_dict: dict,
+    detections: Sequence[Mapping],
+    class_names: Mapping[int, str] | None = None,
+    img_ids: Sequence | None = None,
+    max_dets_per_image: int = 100,
+    use_fast_impl: bool = False,
+    verbose: bool = True,
+) -> dict[str, float]:
+    """COCOeval on a ground-truth dict and a list of result entries -> Detectron2's bbox metrics (0-100).
+
+    Args:
+        coco_gt_dict: COCO instances dict (images, annotations, categories).
+        detections: COCO result entries (image_id, category_id, bbox XYWH, score).
+        class_names: category id -> name for the "AP-<name>" entries; default: the dict's category names.
+        img_ids: images to evaluate (default: all images of the ground truth).
+        max_dets_per_image: detections per image that count: COCOeval's maxDets [1, 10, max_dets_per_image]
+            (values above it dropped).
+        use_fast_impl: try faster-coco-eval.
+        verbose: let pycocotools print its 12 summary lines (only when max_dets_per_image == 100).
+
+    Returns:
+        {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>", ...}; NaN where undefined.
+    """
+    names = class_names or {c["id"]: c["name"] for c in coco_gt_dict["categories"]}
+    cat_ids = sorted(c["id"] for c in coco_gt_dict["categories"])
+    if not detections:
+        logger.warning("No detections to evaluate; every COCO metric is NaN (as pycocotools gives -1).")
+        results = dict.fromkeys(SUMMARY_METRICS, float("nan"))
+        results.update({f"AP-{names[c]}": float("nan") for c in cat_ids})
+        return results
+    coco_cls, cocoeval_cls = _eval_backend(use_fast_impl)
+    if coco_cls is COCO:
+        coco_gt = coco_from_dict(coco_gt_dict)
+    else:  # pragma: no cover - optional backend
+        coco_gt = coco_cls(copy.deepcopy(coco_gt_dict))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
+    coco_eval = cocoeval_cls(coco_gt, coco_dt, "bbox")
+    # COCOeval sorts maxDets and evaluates with the last one, so values above the limit are left out.
+    coco_eval.params.maxDets = sorted({m for m in (1, 10, max_dets_per_image) if m <= max_dets_per_image})
+    if img_ids is not None:
+        coco_eval.params.imgIds = list(img_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    if verbose and max_dets_per_image == 100:
+        coco_eval.summarize()  # pycocotools' familiar 12 lines on stdout
+
+    results = {k: (v * 100 if v >= 0 else float("nan")) for k, v in _ap_summary(coco_eval).items()}
+    precision = coco_eval.eval["precision"]  # (T, R, K, A, M)
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        p = precision[:, :, k, 0, -1]  # all IoUs and recall points, area "all", largest maxDets
+        p = p[p > -1]
+        results[f"AP-{names[cat_id]}"] = float(np.mean(p) * 100) if p.size else float("nan")
+    return results
+
+
+def log_coco_results(results: Mapping[str, float], task: str = "bbox") -> None:
+    """Detectron2's two tables: the summary and the per-category AP in three (category, AP) column pairs."""
+    summary = {k: results[k] for k in SUMMARY_METRICS}
+    logger.info(f"Evaluation results for {task}:\n" + create_small_table(summary))
+    if any(np.isnan(v) for v in summary.values()):
+        logger.info("Some metrics cannot be computed and are shown as NaN.")
+    per_category = [(k[len("AP-") :], v) for k, v in results.items() if k.startswith("AP-")]
+    if per_category:
+        logger.info(f"Per-category {task} AP:\n" + per_category_table(per_category))
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """COCO box AP of model outputs on a dataset; results `{"bbox": {...}}` (0-100, NaN where undefined).
+
+    Args:
+        dataset: any dataset of docs/contracts.md (see the module docstring for how ground truth is found).
+        output_dir: where `coco_instances_results.json` (and, for converted datasets,
+            `ground_truth_coco_format.json`) are written; None = write nothing.
+        max_dets_per_image: detections kept per image by COCOeval (its maxDets [1, 10, n]).
+        use_fast_impl: use faster-coco-eval when installed (same numbers, faster); else pycocotools.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        output_dir: str | Path | None = None,
+        max_dets_per_image: int = 100,
+        use_fast_impl: bool = False,
+    ):
+        self.dataset = dataset
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.max_dets_per_image = max_dets_per_image
+        self.use_fast_impl = use_fast_impl
+        self.to_category = category_id_map(dataset)
+        self._gt_dict: dict | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._predictions: dict[int, list[dict]] = {}
+
+    def ground_truth(self) -> dict:
+        """The COCO ground-truth dict (built once, then cached)."""
+        if self._gt_dict is None:
+            self._gt_dict = self._load_ground_truth()
+        return self._gt_dict
+
+    def _load_ground_truth(self) -> dict:
+        coco = getattr(self.dataset, "coco", None)
+        if isinstance(coco, COCO):
+            return coco.dataset
+        json_file = getattr(self.dataset, "json_file", None)
+        if json_file:
+            with open(json_file) as f:
+                return json.load(f)
+        gt = dataset_to_coco_dict(self.dataset)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "ground_truth_coco_format.json", "w") as f:
+                json.dump(gt, f)
+        return gt
+
+    def process(self, inputs: Sequence[Mapping], outputs: Sequence[Mapping]) -> None:
+        for inp, out in zip(inputs, outputs, strict=True):
+            index = int(inp["index"])
+            image_id = self.dataset.get_annotation(index)["image_id"]
+            self._predictions[index] = predictions_to_coco_json(
+                image_id, prediction_to_numpy(out), self.to_category
+            )
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        predictions = gather_predictions(self._predictions)
+        if predictions is None:
+            return {}
+        detections = [entry for index in sorted(predictions) for entry in predictions[index]]
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            path = self.output_dir / "coco_instances_results.json"
+            with open(path, "w") as f:
+                json.dump(detections, f)
+            logger.info(f"Saving results to {path}")
+        gt = self.ground_truth()
+        img_ids = [self.dataset.get_annotation(i)["image_id"] for i in range(len(self.dataset))]
+        backend = "faster-coco-eval" if self.use_fast_impl else "the official COCO API (pycocotools)"
+        logger.info(f"Evaluating predictions with {backend}...")
+        names = {self.to_category[c]: self.dataset.class_names[c] for c in self.to_category}
+        results = evaluate_coco_detections(
+            gt, detections, names, img_ids, self.max_dets_per_image, self.use_fast_impl
+        )
+        log_coco_results(results)
+        return {"bbox": results}

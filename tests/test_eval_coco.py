@@ -1,0 +1,162 @@
+"""COCO evaluator: perfect detections, difficult boxes as crowd, empty classes, maxDets, and pycocotools parity."""
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ssd.evaluation.coco import COCOEvaluator, dataset_to_coco_dict
+
+
+class FakeDataset:
+    """The evaluation half of the dataset contract (docs/contracts.md)."""
+
+    def __init__(self, annotations, class_names=("__background__", "cell"), id_map=None, size=(200, 300)):
+        self.annotations = annotations
+        self.class_names = class_names
+        self.size = size
+        if id_map is not None:
+            self.contiguous_id_to_dataset_id = id_map
+
+    def __len__(self):
+        return len(self.annotations)
+
+    def get_annotation(self, index):
+        boxes, labels, difficult = self.annotations[index]
+        return {
+            "image_id": f"img{index}",
+            "file_name": f"img{index}.jpg",
+            "height": self.size[0],
+            "width": self.size[1],
+            "boxes_xyxy": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, np.int64),
+            "difficult": np.asarray(difficult if difficult is not None else [False] * len(labels), bool),
+        }
+
+
+def prediction(boxes, labels, scores):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+    }
+
+
+def run_coco(dataset, predictions, output_dir=None, **kwargs):
+    evaluator = COCOEvaluator(dataset, output_dir=output_dir, **kwargs)
+    for index, pred in predictions.items():
+        evaluator.process([{"index": index}], [pred])
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluator.evaluate()["bbox"]
+
+
+SMALL, MEDIUM, LARGE = [0, 0, 20, 20], [50, 50, 100, 100], [100, 0, 250, 150]
+
+
+def test_perfect_detections_give_100(tmp_path):
+    ds = FakeDataset([([SMALL, MEDIUM], [1, 2], None), ([LARGE], [1], None)], ("__background__", "a", "b"))
+    res = run_coco(ds, {0: prediction([SMALL, MEDIUM], [1, 2], [0.9, 0.8]), 1: prediction([LARGE], [1], [0.7])},
+                   output_dir=tmp_path)  # fmt: skip
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP-a", "AP-b"):
+        assert res[key] == pytest.approx(100.0), key
+    written = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    assert written[0] == {"image_id": "img0", "category_id": 1, "bbox": [0.0, 0.0, 20.0, 20.0],
+                          "score": pytest.approx(0.9)}  # fmt: skip
+    assert (tmp_path / "ground_truth_coco_format.json").is_file()
+
+
+def test_category_ids_follow_the_dataset_map(tmp_path):
+    ds = FakeDataset([([MEDIUM, LARGE], [1, 2], None)], ("__background__", "a", "b"), id_map={1: 7, 2: 3})
+    res = run_coco(ds, {0: prediction([MEDIUM, LARGE], [1, 2], [0.9, 0.8])}, output_dir=tmp_path)
+    assert res["AP-a"] == pytest.approx(100.0) and res["AP-b"] == pytest.approx(100.0)
+    written = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    assert [d["category_id"] for d in written] == [7, 3]
+    gt = json.loads((tmp_path / "ground_truth_coco_format.json").read_text())
+    assert gt["categories"] == [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}]
+
+
+def test_difficult_boxes_become_crowd_and_are_ignored():
+    ds = FakeDataset([([MEDIUM, LARGE], [1, 1], [False, True])])
+    assert dataset_to_coco_dict(ds)["annotations"][1]["iscrowd"] == 1
+    # A detection on the difficult box (ranked first) is not a FP; missing it costs nothing.
+    res = run_coco(ds, {0: prediction([LARGE, MEDIUM], [1, 1], [0.9, 0.8])})
+    assert res["AP"] == pytest.approx(100.0)
+    assert run_coco(ds, {0: prediction([MEDIUM], [1], [0.8])})["AP"] == pytest.approx(100.0)
+    # The same detections against a non-difficult box elsewhere: the first one is a FP.
+    plain = FakeDataset([([MEDIUM, SMALL], [1, 1], None)])
+    assert run_coco(plain, {0: prediction([LARGE, MEDIUM], [1, 1], [0.9, 0.8])})["AP50"] < 100
+
+
+def test_class_without_ground_truth_is_nan():
+    ds = FakeDataset([([MEDIUM], [1], None)], ("__background__", "cell", "ghost"))
+    res = run_coco(ds, {0: prediction([MEDIUM, LARGE], [1, 2], [0.9, 0.8])})
+    assert math.isnan(res["AP-ghost"])
+    assert res["AP-cell"] == pytest.approx(100.0)
+    assert res["AP"] == pytest.approx(100.0)  # the summary averages only classes with ground truth
+    assert math.isnan(res["APs"]) and math.isnan(res["APl"])  # no ground truth in those area ranges
+
+
+def test_max_dets_per_image_limits_recall():
+    # 3 boxes, 3 perfect detections, at most 2 kept: precision 1 up to recall 2/3, then nothing.
+    # COCO samples precision at recall 0, 0.01, ..., 1: points 0 ... 0.66 (67 of 101) have precision 1.
+    ds = FakeDataset([([SMALL, MEDIUM, LARGE], [1, 1, 1], None)])
+    preds = {0: prediction([SMALL, MEDIUM, LARGE], [1, 1, 1], [0.9, 0.8, 0.7])}
+    assert run_coco(ds, preds, max_dets_per_image=2)["AP50"] == pytest.approx(100 * 67 / 101)
+    assert run_coco(ds, preds)["AP50"] == pytest.approx(100.0)
+
+
+def test_no_detections_gives_nan():
+    ds = FakeDataset([([MEDIUM], [1], None)])
+    res = run_coco(ds, {0: prediction([], [], [])})
+    assert math.isnan(res["AP"]) and math.isnan(res["AP-cell"])
+
+
+def test_identical_to_pycocotools_on_random_detections(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ("__background__", "a", "b", "c")
+    annotations, preds = [], {}
+    for i in range(15):
+        g = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 200, (g, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(4, 120, (g, 2))], 1)
+        labels = rng.integers(1, 4, g)
+        annotations.append((boxes, labels, rng.random(g) < 0.1))
+        det = np.concatenate(
+            [boxes + rng.normal(0, 4, boxes.shape), rng.uniform(0, 150, (3, 4)) + [0, 0, 40, 40]]
+        )
+        det_labels = np.concatenate([labels, rng.integers(1, 4, 3)])
+        preds[i] = prediction(det.tolist(), det_labels.tolist(), rng.random(len(det)).tolist())
+    ds = FakeDataset(annotations, names)
+    res = run_coco(ds, preds, output_dir=tmp_path)
+
+    # pycocotools directly on the two files written by the evaluator
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "ground_truth_coco_format.json"))
+        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        cocoeval = COCOeval(gt, dt, "bbox")
+        cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
+    for k, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
+        expected = cocoeval.stats[k] * 100 if cocoeval.stats[k] >= 0 else float("nan")
+        assert res[key] == pytest.approx(expected, abs=1e-12, nan_ok=True), key
+    for cat_id, name in ((1, "a"), (2, "b"), (3, "c")):
+        with contextlib.redirect_stdout(io.StringIO()):
+            one = COCOeval(gt, dt, "bbox")
+            one.params.catIds = [cat_id]
+            one.evaluate(), one.accumulate(), one.summarize()
+        assert res[f"AP-{name}"] == pytest.approx(one.stats[0] * 100, abs=1e-12)
+    assert 0 < res["AP"] < 100
+
+
+def test_logs_detectron2_tables(caplog):
+    ds = FakeDataset([([MEDIUM], [1], None)])
+    with caplog.at_level("INFO", logger="ssd.evaluation.coco"):
+        run_coco(ds, {0: prediction([MEDIUM], [1], [0.9])})
+    text = caplog.text
+    assert "Evaluation results for bbox:\n|   AP    |  AP50   |" in text
+    assert "Per-category bbox AP:\n| category   | AP      |" in text
