@@ -1,0 +1,248 @@
+"""Checkpoints: atomic saves, the `last_checkpoint` pointer, exact resume, and random-number-generator state.
+
+A checkpoint is one `torch.save`d dict (docs/contracts.md):
+
+    {"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": GradScaler state, "iteration": int,
+     "config": the run's config as a YAML string, "rng": [per-rank RNG states], ...extra (e.g. "best")}
+
+Files in OUTPUT_DIR: `model_{iteration:07d}.pth` (periodic), `model_best.pth`, `model_final.pth`, and the text file
+`last_checkpoint` holding the file name of the newest one; `--resume` continues from it.
+
+Why atomic: a run killed while writing (SIGKILL, out-of-memory, pre-emption) must not leave a truncated file
+behind a name that resume trusts. Each file is written to a temporary name in the same folder, flushed and
+fsync'ed, then `os.replace`d over the final name (an atomic rename on POSIX and Windows); the pointer file is
+written the same way, after the checkpoint it names. So `last_checkpoint` always names a complete file.
+
+Loading uses `torch.load(weights_only=True)`: a checkpoint holds only tensors and plain Python values, so it
+cannot run code when opened. Deviation from lufficc/SSD: it saved neither RNG states nor the config, and its
+pointer file (`last_checkpoint.txt`) was written in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssd.utils import dist as dist_utils
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or not a checkpoint; the message names the file."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper (its state dict has no "module." prefix)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # only when writing failed; a killed process can leave one, which nothing reads
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Atomically `torch.save` a checkpoint dict to `path`."""
+    atomic_write_bytes(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict on the CPU with `torch.load(weights_only=True)`.
+
+    Raises:
+        CheckpointError: the file is missing, truncated/corrupt, or not a dict; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        Exception
+    ) as err:  # torch raises RuntimeError, UnpicklingError, EOFError... depending on the damage
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {err}); the file is truncated, corrupt, "
+            "or holds more than tensors and plain Python values"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def get_rng_state() -> dict[str, Any]:
+    """States of every generator training draws from: Python `random`, NumPy's global one, torch CPU and CUDA.
+
+    Stored as tensors and plain lists so that `torch.load(weights_only=True)` can read them back.
+    """
+    _, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_key.astype(np.int64).tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    key, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rng_state(rng_per_rank: list[dict[str, Any]] | None) -> None:
+    """Set this process's generators from a checkpoint's "rng" list (one entry per rank that saved it)."""
+    if not rng_per_rank:
+        logger.warning("checkpoint has no RNG state; random augmentation will not repeat the original run")
+        return
+    rank = dist_utils.get_rank()
+    if rank >= len(rng_per_rank):
+        logger.warning(
+            "checkpoint has RNG states for %d processes; rank %d uses rank 0's", len(rng_per_rank), rank
+        )
+        rank = 0
+    set_rng_state(rng_per_rank[rank])
+
+
+class Checkpointer:
+    """Saves and restores the training state; only the main process writes files.
+
+    `save` must be called on every process (it gathers each rank's RNG state); `load`/`resume` on every process.
+
+    Args:
+        model: the network (a DDP wrapper is unwrapped).
+        optimizer, scheduler, scaler: restored by `load` when given and present in the file.
+        output_dir: folder for checkpoints and `last_checkpoint`.
+        config_yaml: the run's config (`cfg.dump()`), stored so a checkpoint documents how it was made.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output_dir: str | Path,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: torch.amp.GradScaler | None = None,
+        config_yaml: str = "",
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.output_dir = Path(output_dir)
+        self.config_yaml = config_yaml
+        self.save_to_disk = dist_utils.is_main_process()
+        self.last_saved: Path | None = (
+            None  # newest checkpoint saved or loaded by this run (for error messages)
+        )
+
+    def save(self, name: str, iteration: int, **extra: Any) -> Path:
+        """Write OUTPUT_DIR/{name}.pth atomically and point `last_checkpoint` at it. Returns the path."""
+        rng = dist_utils.all_gather_object(get_rng_state())  # collective: every rank must call save
+        path = self.output_dir / f"{name}.pth"
+        self.last_saved = path
+        if not self.save_to_disk:
+            return path
+        checkpoint: dict[str, Any] = {
+            "model": unwrap(self.model).state_dict(),
+            "iteration": int(iteration),
+            "config": self.config_yaml,
+            "rng": rng,
+        }
+        if self.optimizer is not None:
+            checkpoint["optimizer"] = self.optimizer.state_dict()
+        if self.scheduler is not None:
+            checkpoint["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            checkpoint["scaler"] = self.scaler.state_dict()
+        checkpoint.update(extra)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint_file(checkpoint, path)
+        atomic_write_bytes(self.output_dir / LAST_CHECKPOINT, lambda f: f.write(path.name.encode()))
+        logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
+        return path
+
+    def last_checkpoint(self) -> Path | None:
+        """The checkpoint `last_checkpoint` names, or None when there is none yet."""
+        pointer = self.output_dir / LAST_CHECKPOINT
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text().strip()
+        path = self.output_dir / name
+        if not name or not path.is_file():
+            raise CheckpointError(f"{pointer} names {name!r}, which does not exist in {self.output_dir}")
+        return path
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler and scaler from `path` (strict); return the whole checkpoint dict.
+
+        RNG states are not restored here: the caller does that last, right before training starts
+        (`restore_rng_state(checkpoint["rng"])`), so building the data loader cannot consume them.
+        """
+        checkpoint = load_checkpoint_file(path)
+        if "model" not in checkpoint:
+            raise CheckpointError(f"{path} has no 'model' entry (keys: {sorted(checkpoint)})")
+        try:
+            unwrap(self.model).load_state_dict(checkpoint["model"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path} does not fit this model (to start from weights of another class count or backbone, "
+                f"use MODEL.WEIGHTS or --ckpt, which skip mismatched heads):\n{err}"
+            ) from err
+        for key, target in (
+            ("optimizer", self.optimizer),
+            ("scheduler", self.scheduler),
+            ("scaler", self.scaler),
+        ):
+            if target is not None and key in checkpoint:
+                target.load_state_dict(checkpoint[key])
+        self.last_saved = Path(path)
+        logger.info("Loaded checkpoint %s (iteration %d)", path, checkpoint.get("iteration", 0))
+        return checkpoint
+
+    def resume(self) -> dict[str, Any]:
+        """Load the checkpoint `last_checkpoint` names; an empty dict (start from scratch) when there is none."""
+        path = self.last_checkpoint()
+        if path is None:
+            logger.info("No checkpoint in %s: training from scratch", self.output_dir)
+            return {}
+        return self.load(path)

@@ -1,0 +1,117 @@
+"""Optimizers and learning-rate schedules, counted in iterations (one batch each).
+
+The schedule is a `torch.optim.lr_scheduler.LambdaLR` whose factor is a small callable object
+(`WarmupSchedule`), stepped once per iteration after `optimizer.step()`, as in lufficc/SSD:
+
+    lr(e) = SOLVER.LR * warmup(e) * decay(e)          e = number of scheduler steps taken so far
+    warmup(e) = WF * (1 - e / WI) + e / WI   if e < WI, else 1       (linear ramp from WF to 1)
+    decay(e)  = GAMMA ** (number of LR_STEPS <= e)                   ("multistep")
+              = 0.5 * (1 + cos(pi * min(e, MAX_ITER) / MAX_ITER))    ("cosine", our addition)
+
+So the first update uses LR * WF, and the LR reported after iteration i (after i scheduler steps) is lr(i).
+With the lufficc VOC defaults (LR 1e-3, WF 1/3, WI 500, steps 80k/100k): iteration 1 -> 3.3467e-4,
+250 -> 6.667e-4, 500 -> 1e-3, 80000 -> 1e-4, 100000 -> 1e-5 (the values measured on lufficc/SSD).
+
+Deviation from lufficc/SSD: the schedule is a LambdaLR factor object rather than an `_LRScheduler` subclass;
+the numbers are the same. The factor is a plain object (no lambda) so `LambdaLR.state_dict()` stores its
+fields and a checkpoint restores it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+OPTIMIZERS = ("SGD", "AdamW")
+SCHEDULES = ("multistep", "cosine")
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """One parameter group over every trainable parameter (as lufficc/SSD: decay applies to biases and BN too).
+
+    Args:
+        model: the network (or its DDP wrapper).
+        name: "SGD" (with momentum, L2 weight decay) or "AdamW" (decoupled weight decay).
+        lr: base learning rate; the scheduler multiplies it by the schedule factor.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, got {name!r}")
+
+
+class WarmupSchedule:
+    """LR factor of iteration `e`: linear warmup times a multistep or cosine decay (see the module docstring)."""
+
+    def __init__(
+        self,
+        schedule: str,
+        max_iter: int,
+        warmup_factor: float,
+        warmup_iters: int,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+    ):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"SOLVER.LR_SCHEDULER must be one of {SCHEDULES}, got {schedule!r}")
+        if not 0.0 < warmup_factor <= 1.0:
+            raise ValueError(f"SOLVER.WARMUP_FACTOR must be in (0, 1], got {warmup_factor}")
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"SOLVER.LR_STEPS must be increasing, got {list(milestones)}")
+        self.schedule = schedule
+        self.max_iter = int(max_iter)
+        self.warmup_factor = float(warmup_factor)
+        self.warmup_iters = int(warmup_iters)
+        self.milestones = [int(m) for m in milestones]
+        self.gamma = float(gamma)
+
+    def __call__(self, e: int) -> float:
+        warmup = 1.0
+        if e < self.warmup_iters:
+            alpha = e / self.warmup_iters
+            warmup = self.warmup_factor * (1 - alpha) + alpha
+        if self.schedule == "multistep":
+            decay = self.gamma ** bisect.bisect_right(self.milestones, e)
+        else:
+            progress = min(e, self.max_iter) / max(1, self.max_iter)  # guard MAX_ITER 0
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup * decay
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, factor: WarmupSchedule
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration scheduler: call `.step()` once after every `optimizer.step()`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER / LR / MOMENTUM / WEIGHT_DECAY -> optimizer.
+
+    Unlike lufficc/SSD, LR is not multiplied by the number of processes (see SOLVER.LR in defaults.py).
+    """
+    s = cfg.SOLVER
+    return make_optimizer(model, s.OPTIMIZER, s.LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """SOLVER.LR_SCHEDULER / MAX_ITER / WARMUP_* / LR_STEPS / GAMMA -> per-iteration scheduler."""
+    s = cfg.SOLVER
+    factor = WarmupSchedule(
+        s.LR_SCHEDULER,
+        max_iter=s.MAX_ITER,
+        warmup_factor=s.WARMUP_FACTOR,
+        warmup_iters=s.WARMUP_ITERS,
+        milestones=s.LR_STEPS,
+        gamma=s.GAMMA,
+    )
+    return make_lr_scheduler(optimizer, factor)

@@ -1,0 +1,1 @@
+"""Small helpers shared by the engine: torch.distributed (`dist`) and logging setup (`logging`)."""
