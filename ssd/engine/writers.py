@@ -218,10 +218,12 @@ class ProgressBar(Writer):
     Log lines go through `ssd.utils.logging.TqdmHandler` (tqdm.write), which moves the bar below them.
     """
 
-    def __init__(self, max_iter: int, start_iter: int = 0):
+    def __init__(self, max_iter: int, start_iter: int = 0, file=None):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
+        self._bar = tqdm(
+            total=max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True, file=file
+        )
         self._position = start_iter
 
     def write_train(self, iteration: int, scalars: Mapping[str, float]) -> None:
@@ -233,3 +235,24 @@ class ProgressBar(Writer):
 
     def close(self) -> None:
         self._bar.close()
+
+
+def build_writers(cfg, max_iter: int, start_iter: int = 0) -> list[Writer]:
+    """LOGGING.* -> the writers of the main process (an empty list on other ranks: only rank 0 writes).
+
+    Always: the console line and OUTPUT_DIR/metrics.json. Optional: the tqdm bar, TensorBoard, wandb.
+    """
+    from ssd.utils.dist import is_main_process
+
+    if not is_main_process():
+        return []
+    output_dir = Path(cfg.OUTPUT_DIR)
+    writers: list[Writer] = [ConsolePrinter(max_iter), JSONWriter(output_dir / "metrics.json", start_iter)]
+    if cfg.LOGGING.PROGRESS_BAR:
+        writers.append(ProgressBar(max_iter, start_iter))
+    if cfg.LOGGING.TENSORBOARD:
+        writers.append(TensorBoardWriter(output_dir / "tf_logs", start_iter))
+    if cfg.LOGGING.WANDB:
+        config = json.loads(json.dumps(cfg, default=list))  # CfgNode -> plain nested dicts for the wandb UI
+        writers.append(WandbWriter(cfg.LOGGING.WANDB_PROJECT, output_dir, config))
+    return writers
