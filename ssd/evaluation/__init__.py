@@ -21,20 +21,41 @@ from ssd.evaluation.voc import PascalVOCEvaluator
 EVALUATOR_NAMES = ("coco", "voc", "analysis")
 
 
+def voc_pixel_offset(dataset) -> float:
+    """1 (the devkit's inclusive pixels) for VOC-XML datasets, 0 (continuous corners) for all others.
+
+    VOC XML files hold inclusive pixel indices and `ssd.data.datasets.voc` only shifts them by -1, so the
+    devkit's "+1" IoU gives the official VOC numbers (and lufficc/SSD's). COCO, CSV and synthetic boxes are
+    continuous corners, for which "+1" would be wrong.
+    """
+    from ssd.data.datasets.voc import VOCDataset
+    from ssd.data.datasets.xml_folder import XMLFolderDataset
+
+    parts = getattr(dataset, "datasets", [dataset])  # a concatenation: all parts must be VOC-XML
+    return 1.0 if all(isinstance(d, VOCDataset | XMLFolderDataset) for d in parts) else 0.0
+
+
 def build_evaluator(
     cfg, dataset, output_dir: str | Path | None = None, dataset_name: str = "", analysis: bool = True
 ) -> DatasetEvaluators:
     """The evaluators named in TEST.EVALUATORS ("coco", "voc"), plus the error analysis if `analysis`.
 
-    The error analysis runs at TEST.ANALYSIS_SCORE_THRESHOLD. The VOC evaluator uses the 11-point metric and
-    the devkit's +1 pixel convention (see ssd/evaluation/voc.py).
+    The error analysis runs at TEST.ANALYSIS_SCORE_THRESHOLD. The VOC evaluator uses the 11-point metric (as
+    lufficc/SSD) and the pixel convention of `voc_pixel_offset`.
     """
     evaluators: list[DatasetEvaluator] = []
     for name in cfg.TEST.EVALUATORS:
         if name == "coco":
             evaluators.append(COCOEvaluator(dataset, output_dir, max_dets_per_image=cfg.TEST.MAX_PER_IMAGE))
         elif name == "voc":
-            evaluators.append(PascalVOCEvaluator(dataset, use_07_metric=True, dataset_name=dataset_name))
+            evaluators.append(
+                PascalVOCEvaluator(
+                    dataset,
+                    use_07_metric=True,
+                    pixel_offset=voc_pixel_offset(dataset),
+                    dataset_name=dataset_name,
+                )
+            )
         elif name != "analysis":
             raise ValueError(f"TEST.EVALUATORS: unknown evaluator {name!r}; choose from {EVALUATOR_NAMES}")
     if analysis or "analysis" in cfg.TEST.EVALUATORS:

@@ -220,12 +220,13 @@ class ErrorAnalysisEvaluator(DatasetEvaluator):
         if predictions is None:
             return {}
         report = self.analyse(predictions)
-        rows = [
-            [name, v["TP"], v["FP"], v["FN"], v["precision"], v["recall"], v["F1"]]
-            for name, v in report["per_class"].items()
-        ]
         a = report["all_classes"]
-        rows.append(["(all)", a["TP"], a["FP"], a["FN"], a["precision"], a["recall"], a["F1"]])
+
+        def row(name: str, v: Mapping) -> list:
+            rates = [float("nan") if v[k] is None else v[k] for k in ("precision", "recall", "F1")]
+            return [name, v["TP"], v["FP"], v["FN"], *rates]
+
+        rows = [row(name, v) for name, v in report["per_class"].items()] + [row("(all)", a)]
         table = pipe_table(rows, ["category", "TP", "FP", "FN", "precision", "recall", "F1"], floatfmt=".3f")
         logger.info(
             f"Error analysis at score >= {self.score_threshold} and IoU >= {self.iou_threshold}:\n{table}"
@@ -240,7 +241,7 @@ class ErrorAnalysisEvaluator(DatasetEvaluator):
                 f"Error analysis written to {self.output_dir} (analysis.json, confusion_matrix.png, pr_curves.png)"
             )
 
-        def pct(v):
+        def pct(v: float | None) -> float:
             return float("nan") if v is None else 100.0 * v
 
         return {
@@ -270,7 +271,7 @@ def plot_confusion_matrix(report: Mapping, path: str | Path) -> None:
     counts = np.asarray(report["confusion_matrix"]["counts"])
     names = ["background"] + list(report["class_names"][1:])
     side = 2.5 + 0.5 * len(names)
-    fig = _new_figure(side + 1, side)
+    fig = _new_figure(max(6.0, side + 1.5), max(5.0, side))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)

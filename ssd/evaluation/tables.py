@@ -7,7 +7,7 @@ a dependency here, so the few rules that produce that text are re-implemented:
 - every cell gets one space of padding on each side, between `|` separators;
 - the separator row spells the alignment: `:---:` centred, `:----` left;
 - centring puts the odd leftover space on the right;
-- numbers are formatted with `floatfmt` (NaN prints as `nan`), a missing cell (None) is empty.
+- floats are formatted with `floatfmt` (NaN prints as `nan`), ints as they are; a missing cell (None) is empty.
 
 Unlike tabulate, strings are never re-parsed as numbers (a class named "1" stays "1", not "1.000").
 """
@@ -26,7 +26,9 @@ def _format_cell(value: object, floatfmt: str) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    return format(float(value), floatfmt)
+    if isinstance(value, int):  # counts stay integers (tabulate's default intfmt)
+        return str(value)
+    return format(value, floatfmt)
 
 
 def _align(text: str, width: int, align: str) -> str:

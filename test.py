@@ -1,0 +1,94 @@
+"""Evaluate a trained detector on DATASETS.TEST.
+
+    python test.py --config-file configs/vgg_ssd300_voc0712.yaml [--ckpt PATH] [--output-dir DIR] [KEY VALUE ...]
+
+Without --ckpt, the checkpoint named in OUTPUT_DIR/last_checkpoint is used. Results go to
+OUTPUT_DIR/inference/<dataset>/ (results.json, coco_instances_results.json, analysis.json, confusion_matrix.png,
+pr_curves.png); the log to OUTPUT_DIR/log.txt. Several GPUs: `torchrun --nproc_per_node N test.py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ssd.config import load_config
+from ssd.engine.checkpoint import LAST_CHECKPOINT
+from ssd.engine.inference import evaluate_on_test_datasets
+from ssd.modeling import build_detection_model
+from ssd.modeling.weights import load_model_weights
+from ssd.utils import dist as dist_utils
+from ssd.utils.logging import setup_logger
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate an SSD checkpoint on DATASETS.TEST.")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="YAML config (lufficc/SSD format)"
+    )
+    parser.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint or weights file; default: the one named in OUTPUT_DIR/last_checkpoint",
+    )
+    parser.add_argument("--output-dir", "--output_dir", default=None, help="overrides OUTPUT_DIR")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def resolve_device(name: str) -> torch.device:
+    """MODEL.DEVICE -> a device; "auto" = cuda if available, else cpu. Distributed runs use cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist_utils.is_dist():
+        name = f"cuda:{dist_utils.get_local_rank()}"
+    return torch.device(name)
+
+
+def find_checkpoint(ckpt: str | None, output_dir: Path) -> str:
+    """--ckpt if given, else the file named in OUTPUT_DIR/last_checkpoint; a clear error if there is none."""
+    if ckpt:
+        return ckpt
+    pointer = output_dir / LAST_CHECKPOINT
+    if not pointer.is_file():
+        raise SystemExit(
+            f"test.py: no checkpoint to evaluate: --ckpt was not given and {pointer} does not exist "
+            "(train first, or pass --ckpt PATH)"
+        )
+    name = pointer.read_text().strip()
+    path = Path(name) if Path(name).is_absolute() else output_dir / name
+    if not path.is_file():
+        raise SystemExit(f"test.py: {pointer} names {name}, but {path} does not exist")
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    cfg.freeze()
+    device = resolve_device(cfg.MODEL.DEVICE)
+    dist_utils.init_distributed(device.type)
+    output_dir = Path(cfg.OUTPUT_DIR)
+    output_dir.mkdir(parents=True, exist_ok=True)  # lufficc/SSD's test.py crashes on a fresh OUTPUT_DIR
+    logger = setup_logger(output_dir, rank=dist_utils.get_rank())
+    logger.info(f"Command line: {' '.join(sys.argv)}")
+    if not cfg.DATASETS.TEST:
+        raise SystemExit("test.py: DATASETS.TEST is empty; name the datasets to evaluate")
+
+    ckpt = find_checkpoint(args.ckpt, output_dir)
+    model = build_detection_model(cfg)
+    load_model_weights(model, ckpt, strict=True)
+    model.to(device)
+    logger.info(f"Evaluating {ckpt} on {', '.join(cfg.DATASETS.TEST)} ({device})")
+    results = evaluate_on_test_datasets(cfg, model, device, output_dir)
+    dist_utils.cleanup_distributed()
+    return results
+
+
+if __name__ == "__main__":
+    main()
