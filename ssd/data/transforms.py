@@ -10,7 +10,7 @@ Training order, as lufficc/SSD (`build_transforms(..., is_train=True)`):
     -> ConvertFromInts + SubtractMeans + ToTensor (fused into `NormalizeToTensor`)
 Test: ToPercentCoords -> Resize -> NormalizeToTensor.
 
-Deviations from lufficc/SSD, all for speed (about 3x, see benchmarks/data_pipeline.py) or safety:
+Deviations from lufficc/SSD, all for speed (measured by benchmarks/data_pipeline.py) or safety:
 - The image stays uint8 until the last step; photometric changes are lookup tables, so values are clipped
   to 0..255 after each change (as the original Caffe SSD does; lufficc works in float32 and never clips).
   Hue/saturation work on OpenCV's 8-bit HSV with the full 0..255 hue range, and the HSV round trip is
