@@ -160,3 +160,29 @@ def test_logs_detectron2_tables(caplog):
     text = caplog.text
     assert "Evaluation results for bbox:\n|   AP    |  AP50   |" in text
     assert "Per-category bbox AP:\n| category   | AP      |" in text
+
+
+def test_real_bccd_ground_truth_as_predictions_scores_100(bccd_root, tmp_path):
+    """The real VOC dataset class, its get_annotation, and both metrics: ground truth fed back scores 100."""
+    from ssd.config import load_config
+    from ssd.data.build import build_dataset
+    from ssd.evaluation import build_evaluator, voc_pixel_offset
+
+    cfg = load_config(
+        None,
+        ["DATASETS.REGISTER", f"('bccd_eval_test:voc:{bccd_root}:test',)", "DATASETS.CLASS_NAMES",
+         "('Platelets', 'RBC', 'WBC')", "MODEL.NUM_CLASSES", "4"],
+    )  # fmt: skip
+    dataset = build_dataset(cfg, ["bccd_eval_test"], is_train=False)
+    assert voc_pixel_offset(dataset) == 1.0
+    evaluator = build_evaluator(cfg, dataset, tmp_path, "bccd_eval_test", analysis=False)
+    for i in range(len(dataset)):
+        ann = dataset.get_annotation(i)
+        n = len(ann["labels"])
+        pred = prediction(ann["boxes_xyxy"].tolist(), ann["labels"].tolist(), np.linspace(1, 0.5, n).tolist())
+        evaluator.process([{"index": i}], [pred])
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = evaluator.evaluate()
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["voc"]["mAP50_07"] == pytest.approx(100.0)
+    assert results["voc"]["AP"] == pytest.approx(100.0)
