@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ssd.data.datasets import (
     COCODataset,
@@ -76,9 +77,12 @@ def test_bccd_annotation_and_item(bccd_root):
     assert annotation["boxes_xyxy"][0].tolist() == [192, 91, 386, 284] and annotation["labels"][0] == 2
     image = dataset.load_image(0)
     assert image.shape == (480, 640, 3) and image.dtype == np.uint8
-    image_t, target, index = dataset[0]  # no transform: tensors of the raw data
-    assert index == 0 and image_t.shape == (3, 480, 640)
-    assert target["boxes_norm"].shape == (len(annotation["labels"]), 4)
+    image_t, target, index = dataset[0]  # no transform: the raw image, boxes made relative
+    assert index == 0 and image_t.shape == (3, 480, 640) and image_t.dtype == torch.uint8
+    expected = annotation["boxes_xyxy"] / np.array([640, 480, 640, 480], np.float32)
+    np.testing.assert_allclose(target["boxes_norm"].numpy(), expected)
+    with pytest.raises(ValueError, match="read-only"):
+        annotation["boxes_xyxy"][0, 0] = 5  # the cache cannot be corrupted by a caller
 
 
 # ----- VOC edge cases and bad input ------------------------------------------------------------------------
@@ -303,6 +307,9 @@ def test_catalog_names_errors_and_config_registration(bccd_root, tmp_path, monke
         get_dataset("voc_2007_test", data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match=r"instances_val2017\.json"):
         get_dataset("coco_2017_val", data_root=tmp_path)
+    monkeypatch.setenv("SSD_DATA_ROOT", str(tmp_path / "from_env"))
+    with pytest.raises(FileNotFoundError, match=r"from_env/VOC2012"):
+        get_dataset("voc_2012_train")
     # lufficc's $VOC_ROOT: VOC_ROOT/VOC2007/... (here a copy-free symlink to BCCD, with VOC's 20 classes
     # the BCCD names are unknown, which proves the folder was found and parsed).
     (tmp_path / "VOC2007").symlink_to(bccd_root)

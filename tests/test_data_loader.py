@@ -35,7 +35,9 @@ def _assert_same(batches_a, batches_b) -> None:
 
 
 def test_train_loader_batches_determinism_and_resume():
-    reference = _run(build_train_loader(_cfg(workers=0)))
+    loader = build_train_loader(_cfg(workers=0))
+    assert loader.dataset.class_names == ("__background__", "circle", "square", "triangle")
+    reference = _run(loader)
     images, targets, indices = reference[0]
     assert images.shape == (4, 3, 48, 48) and images.dtype == torch.float32
     assert indices.dtype == torch.int64 and len(targets) == 4

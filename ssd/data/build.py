@@ -107,6 +107,10 @@ class _SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset.class_names
+
     def __getitem__(self, item: tuple[int, int]):
         index, position = item
         return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, position, index]))
@@ -131,7 +135,7 @@ def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
 
     Deterministic given SEED (whatever DATA_LOADER.NUM_WORKERS is), and resuming at `start_iter` continues
     the data order of an uninterrupted run. In distributed mode every process gets its own share.
-    `loader.dataset.dataset` is the detection dataset (class_names, get_annotation).
+    `loader.dataset.dataset` is the detection dataset (`loader.dataset.class_names` is forwarded).
     """
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     seed = _resolve_seed(cfg.SEED)

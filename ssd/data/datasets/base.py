@@ -87,7 +87,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         records: one dict per image from `make_record` (boxes in pixels, labels 1..C-1).
         class_names: dataset classes with "__background__" first; label i is class_names[i].
         transform: called as `transform(image, boxes_xyxy, labels[, rng=...])`, see `Transform`;
-            None returns the decoded image and the pixel boxes as tensors (useful for visualising).
+            None returns the decoded uint8 image as a (3, H, W) tensor and relative boxes (for looking at data).
         is_train: training datasets drop `difficult` boxes before the transform.
         name: used in the warning about clipped / dropped boxes.
     """
@@ -112,6 +112,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.clipped_box_files: list[str] = []  # files with at least one clipped box
         self.dropped_box_files: list[str] = []  # files with at least one dropped box
         self._records = [self._check_boxes(record) for record in records]
+        for record in self._records:  # get_annotation hands out the cached arrays: make them read-only
+            for key in ("boxes_xyxy", "labels", "difficult"):
+                record[key].flags.writeable = False
         self._report_bad_boxes()
 
     # ----- the contract -------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         Returns:
             dict with `image_id`, `file_name`, `height`, `width` (of the original image), `boxes_xyxy`
             float32 (G, 4) pixels, `labels` int64 (G,) in 1..C-1, `difficult` bool (G,). All boxes, difficult
-            ones included, already clipped to the image and without degenerate boxes. Do not modify them.
+            ones included, already clipped to the image and without degenerate boxes. The arrays are read-only.
         """
         return self._records[index]
 
@@ -152,9 +155,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.is_train:
             keep = ~record["difficult"]
             boxes_xyxy, labels = boxes_xyxy[keep], labels[keep]
-        if self.transform is None:
+        if self.transform is None:  # raw image, for looking at the data: uint8 (3, H, W), boxes made relative
+            height, width = image.shape[:2]
             image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W) uint8
-            boxes_t, labels_t = torch.from_numpy(boxes_xyxy.copy()), torch.from_numpy(labels.copy())
+            boxes_t = torch.from_numpy(
+                boxes_xyxy / np.array([width, height, width, height], dtype=np.float32)
+            )
+            labels_t = torch.from_numpy(labels.copy())
         elif rng is None:
             image_t, boxes_t, labels_t = self.transform(image, boxes_xyxy, labels)
         else:
