@@ -10,12 +10,12 @@ Pixel convention (read this before writing an evaluator). VOC XML files store in
 1-based (the top-left pixel is (1, 1)). Like lufficc/SSD we subtract 1 from all four numbers, so boxes
 become 0-based: `boxes_xyxy = (xmin - 1, ymin - 1, xmax - 1, ymax - 1)`, and a box's width is taken as
 `xmax - xmin` (no "+1"). This is a pure shift: a box written as (504, 337, 504, 337) keeps zero area and is
-dropped as degenerate. Evaluators must therefore compare boxes with the continuous IoU of
-`ssd.structures.boxes` (area = (x2 - x1) * (y2 - y1), no "+1"); predictions come out in the same 0-based
-frame because the model only ever sees these boxes. To write results back into VOC files, add 1.
+dropped as degenerate. For evaluation, `ssd/evaluation/voc.py` compares VOC-XML datasets with the
+devkit's inclusive-pixel IoU ("+1" on widths and heights, as the official devkit, chainercv and lufficc/SSD do),
+so VOC mAP numbers are identical to theirs; other formats (COCO, CSV, synthetic) use the continuous IoU of
+`ssd.structures.boxes`. To write results back into VOC files, add 1.
 (detectron2 subtracts 1 from xmin/ymin only, reading indices as inclusive pixels; lufficc's shift is kept
-here so zero-area annotations stay zero-area and BCCD-like files written by labelling tools, which store
-corners rather than inclusive pixels, keep their drawn size.)
+here so zero-area annotations stay zero-area and are reported as degenerate.)
 
 `difficult`: read into the annotation's `difficult` flag; a missing or empty <difficult> tag means 0
 (lufficc/SSD crashes on a missing tag, which custom VOC-style files often lack). Training datasets drop
