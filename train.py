@@ -1,0 +1,218 @@
+"""Train an SSD: `python train.py --config-file CFG [--resume] [--ckpt PATH] [KEY VALUE ...]`.
+
+With no arguments it trains the small default (configs/shapes_mobilenet_v2_ssdlite.yaml: MobileNetV2 x0.5
+SSDLite on synthetic shapes) on whatever device is there, then evaluates it. Several processes:
+
+    torchrun --nproc_per_node 2 train.py --config-file CFG      # DDP; gloo on CPU, NCCL on GPUs
+
+This file builds everything from the config, in lufficc/SSD's order (model -> device -> DDP -> optimizer ->
+scheduler -> checkpointer -> resume -> data loader), then hands it to the one training loop,
+`ssd.engine.train_loop.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from ssd.config import ConfigError, load_config
+from ssd.engine.checkpoint import Checkpointer, CheckpointError, restore_rng_state, unwrap
+from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
+from ssd.engine.writers import build_writers
+from ssd.solver import build_lr_scheduler, build_optimizer
+from ssd.utils import dist as dist_utils
+from ssd.utils.logging import setup_logger
+
+logger = logging.getLogger("ssd.train")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "shapes_mobilenet_v2_ssdlite.yaml"
+EXIT_NON_FINITE = 3  # exit status when the loss became NaN/inf (1 is any other error)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    parser.add_argument(
+        "--ckpt", default="", help="initialise the model from these weights (sets MODEL.WEIGHTS)"
+    )
+    parser.add_argument("--skip-test", action="store_true", help="no evaluation on DATASETS.TEST at the end")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def select_device(name: str) -> torch.device:
+    """MODEL.DEVICE -> torch.device; "auto" picks CUDA when available. Under torchrun each process takes
+    the GPU of its LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"MODEL.DEVICE is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if device.index is None:
+            device = torch.device("cuda", dist_utils.get_local_rank())
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+    return device
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch. Model initialisation uses `seed` on every rank (DDP also broadcasts
+    rank 0's weights); data order and augmentation are seeded by the data loader from SEED on its own."""
+    if seed < 0:
+        seed = random.SystemRandom().randrange(2**31)
+        logger.info("SEED is -1: using %d", seed)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed)
+
+
+def build_validator(cfg: CfgNode, device: torch.device):
+    """DATASETS.VAL (else TEST) -> `validate(model) -> {"val/loss", "val/reg_loss", ..., "bbox/AP50", ...}`.
+
+    Every process runs its shard of the validation set (the loaders shard, the evaluators gather); the main
+    process's results are broadcast so every process takes the same best/early-stop decisions. Returns None
+    when there is no validation dataset.
+    """
+    from ssd.data.build import build_dataset, build_test_loader
+    from ssd.engine.inference import compute_validation_loss, inference_on_dataset
+    from ssd.evaluation import build_evaluator, flatten_results
+
+    names = tuple(cfg.DATASETS.VAL) or tuple(cfg.DATASETS.TEST)
+    if not names:
+        return None
+    if len(names) > 1:
+        logger.warning("Validating on %s only (the first of %s)", names[0], names)
+    dataset = build_dataset(cfg, [names[0]], is_train=False)
+    loader = build_test_loader(cfg, dataset)
+    evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=names[0], analysis=False)
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        bare = unwrap(model)  # DDP's forward would expect a backward; evaluation does not need it
+        losses = compute_validation_loss(bare, loader, device)
+        results = {f"val/{name}": value for name, value in losses.items()}
+        if cfg.TEST.EVALUATORS:
+            results.update(flatten_results(inference_on_dataset(bare, loader, evaluator, device)))
+        return dist_utils.broadcast_object(results)
+
+    return validate
+
+
+def initialise_weights(model: nn.Module, weights: str) -> None:
+    """MODEL.WEIGHTS / --ckpt: start from a checkpoint (fine-tuning); heads of another shape are skipped."""
+    from ssd.modeling.weights import load_model_weights
+
+    logger.info("Initialising the model from %s", weights)
+    load_model_weights(model, weights)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = list(args.opts) + (["MODEL.WEIGHTS", args.ckpt] if args.ckpt else [])
+    cfg = load_config(args.config_file, opts)
+    if args.print_config:
+        print(cfg.dump())
+        return 0
+
+    from ssd.data.build import build_train_loader  # heavy imports after the cheap --print-config
+    from ssd.engine.inference import evaluate_on_test_datasets
+    from ssd.modeling import build_detection_model
+
+    device = select_device(cfg.MODEL.DEVICE)
+    distributed = dist_utils.init_distributed(device.type)  # under torchrun: join the process group
+    rank = dist_utils.get_rank()
+    output_dir = Path(cfg.OUTPUT_DIR)
+    setup_logger(output_dir, rank)
+    logger.info("Config file %s, overrides %s; %d process(es) on %s", args.config_file, opts,
+                dist_utils.get_world_size(), device)  # fmt: skip
+    if dist_utils.is_main_process():
+        (output_dir / "config.yaml").write_text(cfg.dump())
+    logger.info("Running with config:\n%s", cfg.dump())
+    seed_everything(cfg.SEED, rank)
+
+    # Model, optimizer, schedule, checkpointer.
+    model = build_detection_model(cfg).to(device)
+    if cfg.MODEL.WEIGHTS and not (args.resume and Checkpointer(model, output_dir).last_checkpoint()):
+        initialise_weights(model, cfg.MODEL.WEIGHTS)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP and device.type == "cuda")
+    checkpointer = Checkpointer(model, output_dir, optimizer, scheduler, scaler, config_yaml=cfg.dump())
+    tracker = None
+    if cfg.SOLVER.BEST_METRIC:
+        tracker = BestMetricTracker(
+            cfg.SOLVER.BEST_METRIC, cfg.SOLVER.BEST_MODE, cfg.SOLVER.EARLY_STOP_PATIENCE
+        )
+
+    # Resume: weights, optimizer, schedule, scaler, best metric; then the data loader continues at start_iter.
+    checkpoint: dict = {}
+    if args.resume:
+        checkpoint = checkpointer.resume()
+    elif checkpointer.last_checkpoint() is not None:
+        logger.warning(
+            "%s already holds checkpoints; starting from scratch (use --resume to continue)", output_dir
+        )
+    start_iter = int(checkpoint.get("iteration", 0))
+    if tracker is not None and "best" in checkpoint:
+        tracker.load_state_dict(checkpoint["best"])
+    train_loader = build_train_loader(cfg, start_iter=start_iter)
+    validate = build_validator(cfg, device)
+    writers = build_writers(cfg, cfg.SOLVER.MAX_ITER, start_iter)
+    if checkpoint:
+        restore_rng_state(checkpoint.get("rng"))  # last, so nothing built above consumes the restored streams
+
+    options = TrainOptions(
+        max_iter=cfg.SOLVER.MAX_ITER,
+        log_period=cfg.SOLVER.LOG_PERIOD,
+        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
+        eval_period=cfg.SOLVER.EVAL_PERIOD,
+        amp=cfg.SOLVER.AMP,
+        clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
+        device=device,
+    )
+    try:
+        train(
+            model, optimizer, scheduler, train_loader, checkpointer, options,
+            start_iter=start_iter, scaler=scaler, writers=writers, validate=validate, tracker=tracker,
+        )  # fmt: skip
+    finally:
+        for writer in writers:
+            writer.close()
+
+    if not args.skip_test and cfg.DATASETS.TEST:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        evaluate_on_test_datasets(cfg, unwrap(model), device, output_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except NonFiniteLossError as err:
+        logger.error("%s", err)
+        return EXIT_NON_FINITE
+    except (ConfigError, CheckpointError) as err:
+        logger.error("%s", err)  # before setup_logger, Python's last-resort handler prints it to stderr
+        return 1
+    finally:
+        dist_utils.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
