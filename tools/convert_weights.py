@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("src", help="the file to convert (state dict or checkpoint with 'model')")
     parser.add_argument("dst", help="where to write the converted checkpoint")
     parser.add_argument("--config-file", required=True, help="config of the model the weights are for")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    args = parser.parse_intermixed_args(argv)
     try:
         print(convert(args.source, args.src, args.dst, args.config_file, args.opts))
     except (WeightsError, ConfigError) as err:

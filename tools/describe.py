@@ -78,8 +78,8 @@ def describe(config_file: str | None, opts: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=None, help="YAML config (default: the built-in defaults)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    args = parser.parse_intermixed_args(argv)
     print(describe(args.config_file, args.opts))
 
 
