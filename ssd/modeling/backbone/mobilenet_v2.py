@@ -119,11 +119,9 @@ class MobileNetV2SSD(nn.Module):
             for i in range(n):
                 layers.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))
                 in_channels = out_channels
-            if c == 96:
-                tap_channels = out_channels  # features[13], the last stride-16 block
         layers.append(ConvBNReLU6(in_channels, last_channels, kernel_size=1))  # features[18]
         self.features = nn.Sequential(*layers)
-        self.tap_index = 13
+        self.tap_index = 13  # the last stride-16 block (96 channels at width 1.0)
 
         self.extras = nn.ModuleList()
         in_channels = last_channels
@@ -131,7 +129,7 @@ class MobileNetV2SSD(nn.Module):
             out_channels = make_divisible(c * width_mult)
             self.extras.append(InvertedResidual(in_channels, out_channels, stride=2, expand_ratio=t))
             in_channels = out_channels
-        self.out_channels = [tap_channels, last_channels] + [
+        self.out_channels = [self.features[self.tap_index].conv[-1].num_features, last_channels] + [
             block.conv[-1].num_features for block in self.extras
         ]
         self.reset_parameters()
