@@ -49,7 +49,7 @@ _C.MODEL.BACKBONE.NAME = "vgg"
 _C.MODEL.BACKBONE.OUT_CHANNELS = (512, 1024, 512, 256, 256, 256)
 # Load ImageNet weights for the backbone through the torch hub cache ($TORCH_HOME/hub/checkpoints).
 _C.MODEL.BACKBONE.PRETRAINED = True
-# (new) Width multiplier of the MobileNet backbones (1.0 = the published network). Ignored by "vgg".
+# (new) Width multiplier of the MobileNet backbones (1.0 = the published network); must be 1.0 for "vgg".
 # constraint: > 0; pretrained ImageNet weights exist only for 1.0.
 _C.MODEL.BACKBONE.WIDTH_MULT = 1.0
 
