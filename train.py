@@ -27,6 +27,7 @@ from ssd.config import ConfigError, load_config
 from ssd.engine.checkpoint import Checkpointer, CheckpointError, restore_rng_state, unwrap
 from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
 from ssd.engine.writers import build_writers
+from ssd.modeling.weights import WeightsError, load_model_weights
 from ssd.solver import build_lr_scheduler, build_optimizer
 from ssd.utils import dist as dist_utils
 from ssd.utils.logging import setup_logger
@@ -111,8 +112,6 @@ def build_validator(cfg: CfgNode, device: torch.device):
 
 def initialise_weights(model: nn.Module, weights: str) -> None:
     """MODEL.WEIGHTS / --ckpt: start from a checkpoint (fine-tuning); heads of another shape are skipped."""
-    from ssd.modeling.weights import load_model_weights
-
     logger.info("Initialising the model from %s", weights)
     load_model_weights(model, weights)
 
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         logger.error("%s", err)
         return EXIT_NON_FINITE
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, WeightsError) as err:
         logger.error("%s", err)  # before setup_logger, Python's last-resort handler prints it to stderr
         return 1
     finally:

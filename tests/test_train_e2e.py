@@ -195,3 +195,31 @@ def test_a_few_iterations_on_bccd_reduce_the_loss(tmp_path, bccd_root):
     train(model, optimizer, scheduler, build_train_loader(cfg), Checkpointer(model, tmp_path), options)
     after = loss_on_held_batch()
     assert after < 0.8 * before, (before, after)  # measured: 20.9 -> 14.2 (0.68)
+
+
+def test_ckpt_initialises_a_model_with_another_class_count(tmp_path):
+    assert run_train(tmp_path / "source", "SOLVER.MAX_ITER", "2") == 0
+    source = load_checkpoint_file(tmp_path / "source" / "model_final.pth")["model"]
+    # Fine-tune on 2 classes from a 3-class model: the backbone is copied, the class heads keep their init.
+    ckpt = str(tmp_path / "source" / "model_final.pth")
+    status = train_cli.main(
+        ["--config-file", "", "--skip-test", "--ckpt", ckpt, *TINY, "MODEL.NUM_CLASSES", "3",
+         "SOLVER.MAX_ITER", "0", "OUTPUT_DIR", str(tmp_path / "tuned")]
+    )  # fmt: skip
+    assert status == 0
+    tuned = load_checkpoint_file(tmp_path / "tuned" / "model_final.pth")
+    assert tuned["iteration"] == 0
+    assert f"WEIGHTS: {ckpt}" in tuned["config"]  # the checkpoint records where its weights came from
+    same = [k for k in source if torch.equal(source[k], tuned["model"][k])]
+    skipped = [k for k in source if source[k].shape != tuned["model"][k].shape]
+    assert any(k.startswith("backbone.") for k in same) and len(same) + len(skipped) == len(source)
+    assert skipped and all("cls" in k for k in skipped), skipped
+
+
+def test_missing_resume_weights_are_named(tmp_path, caplog):
+    status = train_cli.main(
+        ["--config-file", "", "--skip-test", "--ckpt", str(tmp_path / "nope.pth"), *TINY, "SOLVER.MAX_ITER", "1",
+         "OUTPUT_DIR", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert status != 0
+    assert "nope.pth" in (tmp_path / "out" / "log.txt").read_text()
