@@ -1,0 +1,203 @@
+"""Inference latency of our SSDs against torchvision's, end to end and network alone, with FLOP accounting.
+
+    .venv/bin/python benchmarks/inference.py [--pairs vgg300,mbv3_320] [--batch-sizes 1,8] [--threads 2]
+                                             [--repeats 5] [--candidates 1000] [--profile] [--compile] [--quick]
+
+Pairs (benchmarks/common.py): our vgg_ssd300 (COCO config, 81 classes) against torchvision's
+`ssd300_vgg16(weights=None, weights_backbone=None)` (91 classes), and our mobilenet_v3_ssd320 (built with 81
+classes) against `ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)` (91 classes).
+
+End to end: from a batch of uint8 (480, 640, 3) RGB images to detections in their pixels.
+    ours:        ssd.data test transform (cv2 resize of the uint8 image, then float and mean) -> stack ->
+                 model(images, image_sizes) (network + PostProcessor)
+    torchvision: the image as a float tensor in 0..1 (what `to_tensor` gives) -> model(list of images)
+                 (its transform normalises and resizes, then network, postprocess_detections, rescale).
+Network alone: ours `predict_raw(images)`, torchvision `head(backbone(images))`, on a ready (N, 3, S, S) batch.
+
+Both models have random weights made "trained-like" (common.make_trained_like): BatchNorm statistics from
+their own activations, classification logits scaled to std 2, and a background bias calibrated so that
+`--candidates` (prior, class) pairs per image pass each model's score threshold. Without this nearly every
+candidate passes and post-processing would time NMS over ~10^5 boxes.
+
+"ours fast" is `ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile`
+adds torch.compile). "torchvision NHWC" is the peer with the same channels-last layout, to show how much of
+the gain the layout alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
+
+FLOP bound: GFLOPs (FlopCounterMode, multiply-add = 2) / the machine's measured fp32 GEMM peak at the same
+thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import common  # benchmarks/common.py: the script's folder is on sys.path
+import numpy as np
+import torch
+
+from ssd.data.transforms import build_transforms
+from ssd.modeling.fast import optimize_for_inference
+
+PIXEL_MEAN = (123, 117, 104)
+
+
+def ours_preprocess(size: int):
+    """uint8 (H, W, 3) images -> ((N, 3, S, S) float32 batch, [(H, W)]): the ssd.data test pipeline."""
+    transform = build_transforms(size, PIXEL_MEAN, is_train=False)
+    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+
+    def preprocess(images: list[np.ndarray]):
+        tensors = [transform(image, no_boxes, no_labels)[0] for image in images]
+        return torch.stack(tensors), [image.shape[:2] for image in images]
+
+    return preprocess
+
+
+def torchvision_inputs(images: list[np.ndarray]) -> list[torch.Tensor]:
+    """uint8 (H, W, 3) -> float (3, H, W) in 0..1, the input torchvision's detection models expect."""
+    return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0) for image in images]
+
+
+def prepare_pair(pair: str, candidates: int, use_compile: bool):
+    """(size, ours, ours fast, torchvision) with the same trained-like score distribution."""
+    ours, tv = common.build_ours(pair), common.build_torchvision(pair)
+    size = common.IMAGE_SIZES[pair]
+    calibration = ours_preprocess(size)(common.test_images(4, seed=1))[0]
+    bias_ours, count_ours = common.make_trained_like(
+        ours, calibration, ours.postprocessor.score_threshold, candidates
+    )
+    bias_tv, count_tv = common.make_trained_like(tv, calibration, tv.score_thresh, candidates)
+    print(
+        f"  score calibration: ours background bias {bias_ours:.2f} -> {count_ours} candidates/image "
+        f"above {ours.postprocessor.score_threshold}; torchvision {bias_tv:.2f} -> {count_tv} above "
+        f"{tv.score_thresh}"
+    )
+    fast = optimize_for_inference(ours, compile=use_compile)
+    return size, ours, fast, tv
+
+
+def profile_networks(named: dict, top: int = 12) -> None:
+    """torch.profiler table (self CPU time) of each network on the same input."""
+    for name, fn in named.items():
+        fn()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        print(f"\n  profile: {name}")
+        table = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40
+        )
+        print("\n".join("    " + line for line in table.splitlines()))
+
+
+def run_pair(pair: str, args: argparse.Namespace, peak: float) -> None:
+    """Calibrate one pair, count its FLOPs, then time it at every batch size (and profile if asked)."""
+    print(f"\n== {pair}: ours {common.PAIRS[pair][0]} vs torchvision {common.PAIRS[pair][2]}")
+    size, ours, fast, tv = prepare_pair(pair, args.candidates, args.compile)
+    tv_net = common.torchvision_network(tv)
+    one = torch.randn(1, 3, size, size) * 60
+    with torch.inference_mode():
+        gflops = {"ours": common.count_gflops(lambda: ours.predict_raw(one))}
+        gflops["torchvision"] = common.count_gflops(lambda: tv_net(one))
+    print(f"  GFLOPs per image (network): ours {gflops['ours']:.2f}, torchvision {gflops['torchvision']:.2f}")
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        time_batch(size, ours, fast, tv, batch_size, args.repeats, gflops, peak)
+    if args.profile:
+        one = ours_preprocess(size)(common.test_images(1))[0]
+        with torch.inference_mode():
+            profile_networks(
+                {
+                    "ours fast predict_raw": lambda: fast.predict_raw(one),
+                    "ours predict_raw": lambda: ours.predict_raw(one),
+                    "torchvision head(backbone)": lambda: tv_net(one),
+                }
+            )
+
+
+def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict, peak: float) -> None:
+    """Time end to end and network alone at one batch size, all contenders interleaved; print the rows."""
+    preprocess = ours_preprocess(size)
+    images = common.test_images(batch_size)
+    batch, sizes = preprocess(images)
+    tv_net = common.torchvision_network(tv)
+    tv_nhwc_net = common.torchvision_network(copy.deepcopy(tv).to(memory_format=torch.channels_last))
+
+    def ours_e2e(model):
+        images_t, image_sizes = preprocess(images)
+        return model(images_t, image_sizes=image_sizes)
+
+    with torch.inference_mode():
+        e2e = common.interleaved_times(
+            {
+                "ours": lambda: ours_e2e(ours),
+                "ours fast": lambda: ours_e2e(fast),
+                "torchvision": lambda: tv(torchvision_inputs(images)),
+            },
+            repeats,
+        )
+        net = common.interleaved_times(
+            {
+                "ours": lambda: ours.predict_raw(batch),
+                "ours fast": lambda: fast.predict_raw(batch),
+                "torchvision": lambda: tv_net(batch),
+                "torchvision NHWC": lambda: tv_nhwc_net(batch),
+            },
+            repeats,
+        )
+    print(f"\n  batch {batch_size}, end to end (uint8 480x640 -> detections):")
+    for name, times in e2e.items():
+        print(common.format_row(name, times))
+    tv_e2e = common.median(e2e["torchvision"])
+    print(
+        f"  ratio to torchvision: ours {common.median(e2e['ours']) / tv_e2e:.2f}, "
+        f"ours fast {common.median(e2e['ours fast']) / tv_e2e:.2f}"
+    )
+    print(f"  batch {batch_size}, network alone ({size}x{size} input):")
+    for name, times in net.items():
+        flops = gflops["torchvision" if name.startswith("torchvision") else "ours"] * batch_size
+        seconds = common.median(times)
+        bound = flops / peak
+        extra = f"{flops / seconds:6.1f} GFLOP/s  {seconds / bound:5.2f} x bound"
+        print(common.format_row(name, times, extra))
+    tv_net_time = common.median(net["torchvision"])
+    print(
+        f"  ratio to torchvision: ours {common.median(net['ours']) / tv_net_time:.2f}, "
+        f"ours fast {common.median(net['ours fast']) / tv_net_time:.2f}; "
+        f"FLOP bound ours {gflops['ours'] * batch_size / peak * 1e3:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--pairs", default="vgg300,mbv3_320", help=f"comma-separated, of {list(common.PAIRS)}"
+    )
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--candidates", type=int, default=1000, help="candidates per image above threshold")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables (batch 1)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (slow to start)")
+    parser.add_argument("--quick", action="store_true", help="sanity run: batch 1, 2 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch_sizes, args.repeats = "1", 2
+    common.setup_threads(args.threads)
+    print(common.machine_line(args.threads))
+    peak = common.measure_peak_gflops()
+    print(
+        f"fp32 GEMM 2048^3: torch.matmul {peak['matmul']:.1f} GFLOP/s, oneDNN 1x1 conv {peak['conv1x1']:.1f} "
+        f"GFLOP/s -> peak {peak['peak']:.1f} GFLOP/s"
+    )
+
+    for pair in args.pairs.split(","):
+        run_pair(pair, args, peak["peak"])
+
+    peak_end = common.measure_peak_gflops()
+    print(
+        f"\nfp32 GEMM peak again at the end: {peak_end['peak']:.1f} GFLOP/s; {common.machine_line(args.threads)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
