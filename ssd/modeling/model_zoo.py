@@ -25,6 +25,7 @@ from torch import Tensor
 from yacs.config import CfgNode
 
 from ssd.config.loading import ConfigError, load_config
+from ssd.data.datasets.base import BACKGROUND
 from ssd.data.datasets.synthetic import SHAPE_CLASSES
 from ssd.data.datasets.voc import VOC_CLASSES
 from ssd.modeling.build import build_detection_model
@@ -43,7 +44,7 @@ LUFFICC_RELEASE = "https://github.com/lufficc/SSD/releases/download/1.2/"
 
 # The 80 COCO categories in ascending category id, i.e. our contiguous labels 1..80 (weights.COCO_CATEGORY_IDS).
 COCO_CLASSES: tuple[str, ...] = (
-    "__background__",
+    BACKGROUND,
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
     "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
@@ -88,7 +89,7 @@ class ZooEntry:
 
 
 def _lufficc(name: str, note: str, file_name: str | None = None) -> ZooEntry:
-    classes = COCO_CLASSES if "coco" in name else VOC_CLASSES
+    classes = COCO_CLASSES if "coco" in name else (BACKGROUND, *VOC_CLASSES)
     return ZooEntry(
         name, LUFFICC_RELEASE + (file_name or f"{name}.pth"), f"{name}.yaml", convert_lufficc, classes, note
     )
@@ -217,13 +218,13 @@ def default_class_names(cfg: CfgNode) -> tuple[str, ...]:
     """Class names when the checkpoint has none: DATASETS.CLASS_NAMES, else guessed from the class count."""
     num_classes = cfg.MODEL.NUM_CLASSES
     if cfg.DATASETS.CLASS_NAMES:
-        return ("__background__", *cfg.DATASETS.CLASS_NAMES)
+        return (BACKGROUND, *cfg.DATASETS.CLASS_NAMES)
     if num_classes == len(SHAPE_CLASSES) + 1 and any(n.startswith("shapes") for n in cfg.DATASETS.TEST):
-        return ("__background__", *SHAPE_CLASSES)
-    for names in (VOC_CLASSES, COCO_CLASSES):
+        return (BACKGROUND, *SHAPE_CLASSES)
+    for names in ((BACKGROUND, *VOC_CLASSES), COCO_CLASSES):
         if num_classes == len(names):
             return names
-    return ("__background__", *(f"class {i}" for i in range(1, num_classes)))
+    return (BACKGROUND, *(f"class {i}" for i in range(1, num_classes)))
 
 
 def load_detector(
