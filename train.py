@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = checkpointer.resume()
     elif checkpointer.last_checkpoint() is not None:
         logger.warning(
-            "%s already holds checkpoints; starting from scratch (use --resume to continue)", output_dir
+            "%s already holds a run; starting from scratch replaces its checkpoints and metrics.json "
+            "(use --resume to continue it)",
+            output_dir,
         )
     start_iter = int(checkpoint.get("iteration", 0))
     if tracker is not None and "best" in checkpoint:

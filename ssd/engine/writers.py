@@ -115,14 +115,15 @@ class JSONWriter(Writer):
 
     Args:
         path: the file (appended to; created if missing).
-        start_iter: on resume, lines with an iteration after this one come from the interrupted run past its
-            last checkpoint; they are dropped so each iteration appears once and curves do not fold back.
+        start_iter: lines of an existing file with a later iteration are dropped, so each iteration appears
+            once and curves do not fold back: on resume, those the interrupted run wrote after its last
+            checkpoint; on a fresh start (0) in a used OUTPUT_DIR, all of them.
     """
 
     def __init__(self, path: str | Path, start_iter: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if start_iter > 0 and self.path.is_file():
+        if self.path.is_file():
             self._truncate_after(start_iter)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run, closed in close()
 
