@@ -49,8 +49,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-test", action="store_true", help="no evaluation on DATASETS.TEST at the end")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    lufficc = parser.add_argument_group("lufficc/SSD options (kept so its commands run unchanged)")
+    lufficc.add_argument("--log_step", type=int, help="= SOLVER.LOG_PERIOD")
+    lufficc.add_argument("--save_step", type=int, help="= SOLVER.CHECKPOINT_PERIOD")
+    lufficc.add_argument("--eval_step", type=int, help="= SOLVER.EVAL_PERIOD")
+    lufficc.add_argument(
+        "--use_tensorboard", type=lambda v: v.lower() in ("true", "1"), help="= LOGGING.TENSORBOARD"
+    )
+    lufficc.add_argument("--local_rank", "--local-rank", type=int, help="ignored: torchrun sets LOCAL_RANK")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The KEY VALUE list: lufficc-style flags and --ckpt first, so explicit KEY VALUE pairs win."""
+    flags = {
+        "SOLVER.LOG_PERIOD": args.log_step,
+        "SOLVER.CHECKPOINT_PERIOD": args.save_step,
+        "SOLVER.EVAL_PERIOD": args.eval_step,
+        "LOGGING.TENSORBOARD": args.use_tensorboard,
+        "MODEL.WEIGHTS": args.ckpt or None,
+    }
+    return [item for key, value in flags.items() if value is not None for item in (key, str(value))] + list(
+        args.opts
+    )
 
 
 def select_device(name: str) -> torch.device:
@@ -117,7 +139,7 @@ def initialise_weights(model: nn.Module, weights: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = list(args.opts) + (["MODEL.WEIGHTS", args.ckpt] if args.ckpt else [])
+    opts = overrides(args)
     cfg = load_config(args.config_file, opts)
     if args.print_config:
         print(cfg.dump())

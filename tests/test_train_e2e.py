@@ -223,3 +223,21 @@ def test_missing_resume_weights_are_named(tmp_path, caplog):
     )  # fmt: skip
     assert status != 0
     assert "nope.pth" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_print_config_with_lufficc_flags(capsys):
+    status = train_cli.main(
+        ["--print-config", "--log_step", "7", "--save_step", "50", "--use_tensorboard", "0", "--ckpt", "w.pth",
+         "SOLVER.EVAL_PERIOD", "9"]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    for line in (
+        "LOG_PERIOD: 7",
+        "CHECKPOINT_PERIOD: 50",
+        "TENSORBOARD: false",
+        "WEIGHTS: w.pth",
+        "EVAL_PERIOD: 9",
+    ):
+        assert line in printed, line
+    assert "IMAGE_SIZE: 192" in printed  # no --config-file: the default shapes config
