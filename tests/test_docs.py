@@ -1,0 +1,327 @@
+"""Every ```bash and ```python block of README.md and docs/*.md runs, in order, as a reader would run it.
+
+One test per documentation file, so a failure names the file and the line of the block that broke.
+
+How blocks run:
+- The working directory is a fresh temporary "checkout": every top-level entry of the repository is symlinked
+  into TMP/repo (except outputs/, .git, virtual environments), and TMP/shared links to ../shared, so relative
+  paths in the docs (configs/..., ../shared/data/BCCD) work and everything a command writes (outputs/, files
+  the snippets create) lands in the temporary folder.
+- Environment: the test's interpreter's bin folder first on PATH (`python` is the venv's), PYTHONPATH = the
+  repository, TORCH_HOME = TMP/torch_home (an empty hub cache: a doc that needs ImageNet weights must seed it
+  with tools/seed_torch_hub_cache.py, as an offline reader would), MPLBACKEND=Agg, OMP_NUM_THREADS=1.
+- ```bash blocks run with `bash -e -o pipefail`. Set-up lines (venv creation, `source .../activate`,
+  `pip install`) are dropped with the reason "run by .ci/run"; a block left empty counts as skipped.
+- ```python blocks of one file run in one interpreter, each block in its own fresh namespace (a block may not
+  use another block's variables; it may use files an earlier block wrote), so imports are paid once per file.
+- Other fences (```text, ```yaml, plain ```) are not run.
+
+Markers: HTML comments on the lines right before a fence (invisible when rendered) turn an expensive command
+into a cheap variant of the same command; their arguments are shell words (shlex):
+
+    <!-- doc-test: append "SOLVER.MAX_ITER 2" -->      text appended to the block's last command line
+    <!-- doc-test: replace "python -m pytest -q" "python -m pytest -q tests/test_boxes.py" -->
+    <!-- doc-test: env SSD_X=1 OTHER=2 -->               environment variables for the block
+    <!-- doc-test: skip needs a GPU (NCCL) -->          not run; only for commands that need a network or a GPU
+
+A `replace` whose text is not in the block fails the test, so markers cannot silently go stale. Skipped blocks
+are counted and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+RUN_LANGUAGES = ("bash", "python")
+NOT_MIRRORED = {".git", ".venv", ".ci-venv", "outputs", ".pytest_cache", ".ruff_cache", "wandb"}
+SETUP_LINE = re.compile(r"^\s*(python3? -m venv\b|source \S*activate\b|(python3? -m )?pip3? install\b)")
+MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(\w+)\s*(.*?)\s*-->\s*$")
+FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
+BLOCK_TIMEOUT_S = 600
+
+
+@dataclass
+class Block:
+    line: int  # 1-based line of the opening fence
+    language: str
+    code: str
+    markers: list[tuple[str, str]] = field(default_factory=list)  # (command, argument text)
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line} ({self.language})"
+
+
+def parse_blocks(text: str, source: str = "") -> list[Block]:
+    """Every fenced block (any language) with the doc-test markers on the lines right before it.
+
+    Raises:
+        ValueError: an unclosed fence, or a marker not followed by a fence (a typo would otherwise be ignored).
+    """
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    pending: list[tuple[str, str, int]] = []
+    i = 0
+    while i < len(lines):
+        marker = MARKER.match(lines[i])
+        if marker:
+            pending.append((marker.group(1), marker.group(2), i + 1))
+            i += 1
+            continue
+        fence = FENCE.match(lines[i])
+        if fence is None:
+            if pending and lines[i].strip():
+                raise ValueError(f"{source}:{pending[0][2]}: doc-test marker not followed by a fenced block")
+            i += 1
+            continue
+        indent, language = fence.group(1), fence.group(2).lower()
+        start = i
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and not re.match(rf"^{re.escape(indent)}```\s*$", lines[i]):
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
+            i += 1
+        if i == len(lines):
+            raise ValueError(f"{source}:{start + 1}: unclosed ``` fence")
+        blocks.append(Block(start + 1, language, "\n".join(body) + "\n", [(c, a) for c, a, _ in pending]))
+        pending = []
+        i += 1
+    if pending:
+        raise ValueError(f"{source}:{pending[0][2]}: doc-test marker not followed by a fenced block")
+    return blocks
+
+
+def apply_markers(block: Block) -> tuple[str | None, dict[str, str], str]:
+    """(code to run or None when skipped, extra environment, skip reason)."""
+    code, env = block.code, {}
+    for command, argument in block.markers:
+        words = shlex.split(argument)
+        if command == "skip":
+            if not argument:
+                raise ValueError(f"{block.where}: `doc-test: skip` needs a reason")
+            return None, env, argument
+        if command == "append":
+            if len(words) != 1:
+                raise ValueError(f"{block.where}: `append` takes one quoted argument, got {words}")
+            lines = code.rstrip("\n").split("\n")
+            lines[-1] = f"{lines[-1]} {words[0]}"
+            code = "\n".join(lines) + "\n"
+        elif command == "replace":
+            if len(words) != 2:
+                raise ValueError(f"{block.where}: `replace` takes two quoted arguments, got {words}")
+            if words[0] not in code:
+                raise ValueError(f"{block.where}: `replace` text {words[0]!r} is not in the block")
+            code = code.replace(words[0], words[1])
+        elif command == "env":
+            for word in words:
+                key, sep, value = word.partition("=")
+                if not sep:
+                    raise ValueError(f"{block.where}: `env` takes KEY=VALUE words, got {word!r}")
+                env[key] = value
+        else:
+            raise ValueError(f"{block.where}: unknown doc-test marker {command!r}")
+    return code, env, ""
+
+
+def drop_setup_lines(code: str) -> tuple[str, list[str]]:
+    """Remove installation lines (run by .ci/run): returns the rest and the dropped lines."""
+    kept, dropped = [], []
+    for line in code.splitlines():
+        (dropped if SETUP_LINE.match(line) else kept).append(line)
+    return "\n".join(kept) + "\n", dropped
+
+
+def make_checkout(tmp_path: Path) -> Path:
+    """TMP/repo with symlinks to the repository's entries, and TMP/shared -> ../shared."""
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    for entry in REPO_ROOT.iterdir():
+        if entry.name not in NOT_MIRRORED and not entry.name.endswith(".egg-info"):
+            (checkout / entry.name).symlink_to(entry)
+    shared = REPO_ROOT.parent / "shared"
+    if shared.exists():
+        (tmp_path / "shared").symlink_to(shared)
+    return checkout
+
+
+def block_environment(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["TORCH_HOME"] = str(tmp_path / "torch_home")
+    env["MPLBACKEND"] = "Agg"
+    env["OMP_NUM_THREADS"] = "1"  # one thread per process: the test machines are shared
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+# A Python worker that runs blocks sent over stdin, one JSON line each, each in a fresh namespace; it answers on
+# a separate pipe so that whatever the blocks print (or their subprocesses) cannot be mistaken for an answer.
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    answers = os.fdopen(int(sys.argv[1]), "w")
+    for request in sys.stdin:
+        request = json.loads(request)
+        print(f"----- doc block {request['where']} -----", flush=True)
+        namespace = {"__name__": "__main__"}
+        try:
+            exec(compile(request["code"], request["where"], "exec"), namespace)
+            error = None
+        except SystemExit as exc:
+            error = None if exc.code in (None, 0) else f"SystemExit({exc.code!r})"
+        except BaseException:
+            error = traceback.format_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        answers.write(json.dumps({"error": error}) + "\\n")
+        answers.flush()
+    """
+)
+
+
+class PythonWorker:
+    def __init__(self, cwd: Path, env: dict[str, str], log: Path):
+        read_fd, self._write_fd = os.pipe()
+        self._answers = os.fdopen(read_fd)
+        self._log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(self._write_fd)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            pass_fds=(self._write_fd,),
+        )
+        os.close(self._write_fd)
+
+    def run(self, code: str, where: str) -> str | None:
+        """None on success, else the traceback (or why the worker died)."""
+        self.process.stdin.write(json.dumps({"code": code, "where": where}) + "\n")
+        self.process.stdin.flush()
+        answer = self._answers.readline()
+        if not answer:
+            return f"the Python worker exited with status {self.process.wait()}"
+        return json.loads(answer)["error"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self._answers.close()
+        self._log.close()
+
+
+def _tail(path: Path, limit: int = 6000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-limit:]
+
+
+def test_parse_blocks_markers_and_setup_lines():
+    """The parser itself: markers attach to the next fence, stale or dangling markers are errors."""
+    text = textwrap.dedent(
+        """\
+        intro
+        <!-- doc-test: append "A 1" -->
+        <!-- doc-test: env X=1 -->
+        ```bash
+        pip install -e .
+        python train.py
+        ```
+        ```text
+        not run
+        ```
+        """
+    )
+    bash, plain = parse_blocks(text)
+    assert (bash.line, bash.language, plain.language) == (4, "bash", "text")
+    code, env, reason = apply_markers(bash)
+    assert env == {"X": "1"} and reason == ""
+    kept, dropped = drop_setup_lines(code)
+    assert kept == "python train.py A 1\n" and dropped == ["pip install -e ."]
+    with pytest.raises(ValueError, match="not in the block"):
+        apply_markers(Block(1, "bash", "python a.py\n", [("replace", '"b.py" "c.py"')]))
+    with pytest.raises(ValueError, match="not followed by a fenced block"):
+        parse_blocks("<!-- doc-test: skip network -->\ntext\n```bash\nx\n```\n")
+    with pytest.raises(ValueError, match="unclosed"):
+        parse_blocks("```python\nprint(1)\n")
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_doc_blocks_run(doc: Path, tmp_path: Path):
+    name = str(doc.relative_to(REPO_ROOT))
+    blocks = [b for b in parse_blocks(doc.read_text(), name) if b.language in RUN_LANGUAGES]
+    checkout = make_checkout(tmp_path)
+    env = block_environment(tmp_path)
+    worker: PythonWorker | None = None
+    skipped: list[str] = []
+    ran = 0
+    start = time.perf_counter()
+    try:
+        for index, block in enumerate(blocks):
+            code, extra_env, reason = apply_markers(block)
+            if code is None:
+                skipped.append(f"{name} {block.where}: {reason}")
+                continue
+            if block.language == "bash":
+                code, dropped = drop_setup_lines(code)
+                if dropped:
+                    skipped.append(f"{name} {block.where}: {len(dropped)} set-up line(s), run by .ci/run")
+                if not code.strip():
+                    continue
+                log = tmp_path / f"block_{index:02d}_line{block.line}.log"
+                with log.open("w") as out:
+                    result = subprocess.run(
+                        ["bash", "-e", "-o", "pipefail", "-c", code],
+                        cwd=checkout,
+                        env={**env, **extra_env},
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        timeout=BLOCK_TIMEOUT_S,
+                    )
+                if result.returncode != 0:
+                    pytest.fail(
+                        f"{name} {block.where} exited with {result.returncode}:\n{code}\n--- output ---\n"
+                        + _tail(log)
+                    )
+            else:
+                if extra_env:
+                    code = f"import os\nos.environ.update({extra_env!r})\n" + code
+                if worker is None:
+                    worker = PythonWorker(checkout, env, tmp_path / "python_blocks.log")
+                error = worker.run(code, f"{name}:{block.line}")
+                if error is not None:
+                    pytest.fail(
+                        f"{name} {block.where} failed:\n{error}\n--- output ---\n"
+                        + _tail(tmp_path / "python_blocks.log")
+                    )
+            ran += 1
+    finally:
+        if worker is not None:
+            worker.close()
+    print(f"{name}: {ran} blocks run, {len(skipped)} skipped, {time.perf_counter() - start:.1f} s")
+    for line in skipped:
+        print(f"  skipped {line}")
+
+
+def test_architecture_example_is_the_shipped_module():
+    """docs/architecture.md shows tests/docs_examples/tiny_parts.py (that its launcher imports) unchanged."""
+    module = (REPO_ROOT / "tests" / "docs_examples" / "tiny_parts.py").read_text()
+    code = module[module.index("from torch import Tensor, nn") :]
+    doc_blocks = [b.code for b in parse_blocks((REPO_ROOT / "docs" / "architecture.md").read_text())]
+    assert any(code in block for block in doc_blocks), "copy tiny_parts.py into the architecture.md example"
