@@ -11,7 +11,7 @@
                     early stopping
         checkpoint  model_{iteration:07d}.pth every CHECKPOINT_PERIOD; model_final.pth at the end
 
-Everything the loop uses is built beforehand (train.py `build_trainer`) and passed in, so the loop can run on a
+Everything the loop uses is built beforehand (train.py `run`) and passed in, so the loop can run on a
 toy model in a test as well as on SSD.
 """
 
