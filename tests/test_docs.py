@@ -4,9 +4,10 @@ One test per documentation file, so a failure names the file and the line of the
 
 How blocks run:
 - The working directory is a fresh temporary "checkout": every top-level entry of the repository is symlinked
-  into TMP/repo (except outputs/, .git, virtual environments), and TMP/shared links to ../shared, so relative
-  paths in the docs (configs/..., ../shared/data/BCCD) work and everything a command writes (outputs/, files
-  the snippets create) lands in the temporary folder.
+  into TMP/repo (except outputs/, .git, virtual environments), TMP/repo/.venv links to the virtual environment
+  running the tests, and TMP/shared links to ../shared, so relative paths in the docs (configs/...,
+  ../shared/data/BCCD, .venv/bin/python) work and everything a command writes (outputs/, files the snippets
+  create) lands in the temporary folder.
 - Environment: the test's interpreter's bin folder first on PATH (`python` is the venv's), PYTHONPATH = the
   repository, TORCH_HOME = TMP/torch_home (an empty hub cache: a doc that needs ImageNet weights must seed it
   with tools/seed_torch_hub_cache.py, as an offline reader would), MPLBACKEND=Agg, OMP_NUM_THREADS=1.
@@ -154,6 +155,8 @@ def make_checkout(tmp_path: Path) -> Path:
             (checkout / entry.name).symlink_to(entry)
     if SHARED.exists():
         (tmp_path / "shared").symlink_to(SHARED)
+    if sys.prefix != sys.base_prefix:  # docs may say `.venv/bin/python`: the venv running these tests
+        (checkout / ".venv").symlink_to(sys.prefix)
     return checkout
 
 
