@@ -138,6 +138,16 @@ def apply_markers(block: Block) -> tuple[str | None, dict[str, str], str]:
     return code, env, ""
 
 
+def check_no_background_job(code: str, where: str) -> None:
+    """A command sent to the background (`cmd &`) would outlive the test and hold the CPU: refuse it, so the
+    doc gets a marker that runs the command in the foreground (e.g. `replace " &" ""`) instead."""
+    for line in code.splitlines():
+        if re.search(r"(?<![&|])&\s*(#.*)?$", line.split("  #")[0]):
+            raise ValueError(
+                f"{where}: runs a background job ({line.strip()!r}); add a doc-test replace marker"
+            )
+
+
 def drop_setup_lines(code: str) -> tuple[str, list[str]]:
     """Remove installation lines (run by .ci/run): returns the rest and the dropped lines."""
     kept, dropped = [], []
@@ -261,6 +271,9 @@ def test_parse_blocks_markers_and_setup_lines():
         apply_markers(Block(1, "bash", "python a.py\n", [("replace", '"b.py" "c.py"')]))
     with pytest.raises(ValueError, match="not followed by a fenced block"):
         parse_blocks("<!-- doc-test: skip network -->\ntext\n```bash\nx\n```\n")
+    with pytest.raises(ValueError, match="background job"):
+        check_no_background_job("nohup python train.py > log 2>&1 &\n", "x")
+    check_no_background_job("a && b 2>&1 | tail\n", "x")  # no background job: passes
     with pytest.raises(ValueError, match="unclosed"):
         parse_blocks("```python\nprint(1)\n")
 
@@ -287,6 +300,7 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path):
                 skipped.append(f"{name} {block.where}: {reason}")
                 continue
             if block.language == "bash":
+                check_no_background_job(code, f"{name} {block.where}")
                 code, dropped = drop_setup_lines(code)
                 if dropped:
                     skipped.append(f"{name} {block.where}: {len(dropped)} set-up line(s), run by .ci/run")
