@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -90,6 +91,21 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def limit_cpu_threads(num_workers: int) -> None:
+    """On the CPU, leave one core to the data-loader workers and split the rest among the processes.
+
+    PyTorch starts one OpenMP thread per core. When the loader workers (or another job) also want a core,
+    those threads wait for each other at every layer: on a busy 2-core machine we measured 3.5 s per
+    iteration with two threads against 1.2 s with one. An explicit OMP_NUM_THREADS wins over this rule.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // dist_utils.get_world_size() - (1 if num_workers > 0 else 0))
+    torch.set_num_threads(threads)
+    logger.info("CPU training: %d intra-op thread(s) per process (set OMP_NUM_THREADS to choose)", threads)
+
+
 def seed_everything(seed: int, rank: int) -> None:
     """Seed Python, NumPy and torch. Model initialisation uses `seed` on every rank (DDP also broadcasts
     rank 0's weights); data order and augmentation are seeded by the data loader from SEED on its own."""
@@ -160,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         (output_dir / "config.yaml").write_text(cfg.dump())
     logger.info("Running with config:\n%s", cfg.dump())
     seed_everything(cfg.SEED, rank)
+    if device.type == "cpu":
+        limit_cpu_threads(cfg.DATA_LOADER.NUM_WORKERS)
 
     # Model, optimizer, schedule, checkpointer.
     model = build_detection_model(cfg).to(device)
