@@ -84,7 +84,7 @@ class Writer:
 
 
 class ConsolePrinter(Writer):
-    """Logs a Detectron2-style line (see docs: CommonMetricPrinter), e.g.
+    """Logs one line in the format of Detectron2's CommonMetricPrinter (losses are window medians), e.g.
 
     ` eta: 0:04:10  iter: 40  total_loss: 9.012  reg_loss: 2.31  cls_loss: 6.702  time: 0.2101  data_time: 0.0040
     lr: 0.0006667  max_mem: 812M`
