@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import export as export_tool  # noqa: E402
 
-CONFIG = REPO_ROOT / "configs" / "shapes_bundled.yaml"  # a small network: 128 x 128 input
+CONFIG = REPO_ROOT / "configs" / "shapes_mobilenet_v2_ssdlite.yaml"  # a small network: 192 x 192 input
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() > 1:
-                param.normal_(0, (2.0 / param[0].numel()) ** 0.5)  # He init: activations keep their scale
+                param.normal_(0, (1.0 / param[0].numel()) ** 0.5)  # LeCun init: activations of order 1
             elif name.endswith("bias"):
                 param.normal_(0, 0.1)
     path = tmp_path_factory.mktemp("ckpt") / "random.pth"
@@ -63,7 +63,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path):
             str(tmp_path / "m.onnx"),
         ]
     )
-    images = torch.randn(3, 3, 128, 128) * 60  # batch 3; the export used batch 1
+    images = torch.randn(3, 3, 192, 192) * 60  # batch 3; the export used batch 1
     model, cls_logits, offsets = _reference(checkpoint, images)
     session = onnxruntime.InferenceSession(str(paths["model"]), providers=["CPUExecutionProvider"])
     onnx_cls, onnx_offsets = session.run(["cls_logits", "offsets"], {"images": images.numpy()})
@@ -73,7 +73,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path):
 
     # Side files: priors in output order, the config, the serving parameters.
     np.testing.assert_array_equal(np.load(paths["priors"]), model.priors_cxcywh.numpy())
-    assert load_config(paths["config"]).INPUT.IMAGE_SIZE == 128
+    assert load_config(paths["config"]).INPUT.IMAGE_SIZE == 192
     serving = json.loads(paths["serving"].read_text())
     assert serving["class_names"] == ["__background__", "circle", "square", "triangle"]
     assert serving["pixel_mean"] == [123, 117, 104] and serving["size_variance"] == 0.2
@@ -81,7 +81,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path):
 
 def test_torchscript_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path):
     paths = export_tool.export(str(CONFIG), str(checkpoint), "torchscript", tmp_path / "m.pt")
-    images = torch.randn(2, 3, 128, 128) * 60
+    images = torch.randn(2, 3, 192, 192) * 60
     _, cls_logits, offsets = _reference(checkpoint, images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
@@ -93,7 +93,7 @@ def test_torchscript_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path):
 
 
 def test_numpy_postprocess_equals_postprocessor(checkpoint):
-    images = torch.randn(2, 3, 128, 128) * 60
+    images = torch.randn(2, 3, 192, 192) * 60
     model, cls_logits, offsets = _reference(checkpoint, images)
     image_sizes = [(300, 300), (120, 400)]
     post = model.postprocessor
