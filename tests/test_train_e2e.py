@@ -242,3 +242,17 @@ def test_print_config_with_lufficc_flags(capsys):
     ):
         assert line in printed, line
     assert "IMAGE_SIZE: 192" in printed  # no --config-file: the default shapes config
+
+
+def test_default_config_builds_and_takes_a_step():
+    from ssd.config import load_config
+    from ssd.modeling import build_detection_model
+
+    cfg = load_config(train_cli.DEFAULT_CONFIG)
+    model = build_detection_model(cfg)  # checks OUT_CHANNELS and FEATURE_MAPS against the backbone
+    assert model.priors_cxcywh.shape == ((144 + 36 + 9 + 4 + 1 + 1) * 4, 4)  # 780 priors at 192 px
+    images = torch.zeros(2, 3, 192, 192)
+    targets = [{"boxes_norm": torch.tensor([[0.1, 0.2, 0.4, 0.5]]), "labels": torch.tensor([2])}] * 2
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert set(losses) == {"reg_loss", "cls_loss"} and all(torch.isfinite(v) for v in losses.values())
