@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> Path:
     if args.fp16:
         state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
     dst = Path(args.dst)
-    config_text = loaded.cfg.dump()
+    cfg = loaded.cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = f"outputs/{dst.stem}"  # not the training run's folder, which may be anywhere
+    config_text = cfg.dump()
     bundle = {
         "model": state_dict,
         "config": config_text,
