@@ -181,7 +181,8 @@ def load_zoo_state_dict(name: str) -> dict[str, Tensor]:
 
 # ----- a ready-to-run detector from a --config-file / --ckpt pair (demo.py, tools/export.py) -----------
 
-# The model shipped in the repository (trained on the synthetic shapes; see models/README in the report).
+# The model shipped in the repository, trained on the synthetic shapes by configs/shapes_bundled.yaml and
+# packaged by models/bundle.py (weights in float16, its config in models/shapes_ssdlite.yaml).
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "shapes_ssdlite.pth"
 
 
