@@ -222,9 +222,11 @@ class ProgressBar(Writer):
     def __init__(self, max_iter: int, start_iter: int = 0, file=None):
         from tqdm import tqdm
 
+        # disable=None: no bar when stderr is not a terminal (a log file, CI), where its redraws would be noise.
         self._bar = tqdm(
-            total=max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True, file=file
-        )
+            total=max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True, file=file,
+            disable=None if file is None else False,
+        )  # fmt: skip
         self._position = start_iter
 
     def write_train(self, iteration: int, scalars: Mapping[str, float]) -> None:
