@@ -13,14 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from ssd.config import load_config
 from ssd.engine.checkpoint import LAST_CHECKPOINT
 from ssd.engine.inference import evaluate_on_test_datasets
 from ssd.modeling import build_detection_model
 from ssd.modeling.weights import load_model_weights
 from ssd.utils import dist as dist_utils
+from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
 
 
@@ -32,20 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ckpt",
         default=None,
-        help="checkpoint or weights file; default: the one named in OUTPUT_DIR/last_checkpoint",
+        help="checkpoint or weights file, URL or model-zoo name; default: the one named in OUTPUT_DIR/last_checkpoint",
     )
     parser.add_argument("--output-dir", "--output_dir", default=None, help="overrides OUTPUT_DIR")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the merged config as YAML and exit"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    """MODEL.DEVICE -> a device; "auto" = cuda if available, else cpu. Distributed runs use cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist_utils.is_dist():
-        name = f"cuda:{dist_utils.get_local_rank()}"
-    return torch.device(name)
 
 
 def find_checkpoint(ckpt: str | None, output_dir: Path) -> str:
@@ -67,11 +60,15 @@ def find_checkpoint(ckpt: str | None, output_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts, freeze=False)
+    # The checkpoint replaces every weight, so the ImageNet backbone file is neither loaded nor needed.
+    cfg = load_config(args.config_file, [*args.opts, "MODEL.BACKBONE.PRETRAINED", "False"], freeze=False)
     if args.output_dir:
         cfg.OUTPUT_DIR = args.output_dir
     cfg.freeze()
-    device = resolve_device(cfg.MODEL.DEVICE)
+    if args.print_config:
+        print(cfg.dump())
+        return {}
+    device = select_device(cfg.MODEL.DEVICE)
     dist_utils.init_distributed(device.type)
     output_dir = Path(cfg.OUTPUT_DIR)
     output_dir.mkdir(parents=True, exist_ok=True)  # lufficc/SSD's test.py crashes on a fresh OUTPUT_DIR

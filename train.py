@@ -31,6 +31,7 @@ from ssd.engine.writers import build_writers
 from ssd.modeling.weights import WeightsError, load_model_weights
 from ssd.solver import build_lr_scheduler, build_optimizer
 from ssd.utils import dist as dist_utils
+from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
 
 logger = logging.getLogger("ssd.train")
@@ -74,21 +75,6 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return [item for key, value in flags.items() if value is not None for item in (key, str(value))] + list(
         args.opts
     )
-
-
-def select_device(name: str) -> torch.device:
-    """MODEL.DEVICE -> torch.device; "auto" picks CUDA when available. Under torchrun each process takes
-    the GPU of its LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"MODEL.DEVICE is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
-        if device.index is None:
-            device = torch.device("cuda", dist_utils.get_local_rank())
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
-    return device
 
 
 def limit_cpu_threads(num_workers: int) -> None:

@@ -82,6 +82,7 @@ def check_paint(transform, seed: int, tolerance: float = 1.5) -> tuple[np.ndarra
         ToTensor(),
         NormalizeToTensor(MEAN),
         build_transforms(300, MEAN, is_train=True),
+        build_transforms(300, MEAN, is_train=True, augmentation="light"),
         build_transforms(300, MEAN, is_train=False),
     ],
     ids=lambda t: type(t).__name__ if not isinstance(t, Compose) else f"Compose{len(t.transforms)}",
@@ -159,3 +160,14 @@ def test_expand_fills_with_the_mean_and_crop_keeps_centred_boxes():
         cropped, kept, labels = RandomSampleCrop()(image, BOXES, LABELS, np.random.default_rng(seed))
         assert len(kept) >= 1 and kept.min() >= 0
         assert np.all(kept[:, 2] <= cropped.shape[1]) and np.all(kept[:, 3] <= cropped.shape[0])
+
+
+def test_augmentation_levels_pick_the_steps():
+    def steps(augmentation):
+        return [type(t).__name__ for t in build_transforms(64, MEAN, True, augmentation).transforms]
+
+    assert steps("ssd")[:4] == ["PhotometricDistort", "Expand", "RandomSampleCrop", "RandomMirror"]
+    assert steps("light")[:2] == ["PhotometricDistort", "RandomMirror"]
+    assert steps("none") == [type(t).__name__ for t in build_transforms(64, MEAN, False).transforms]
+    with pytest.raises(ValueError, match="INPUT.AUGMENTATION"):
+        build_transforms(64, MEAN, True, "heavy")

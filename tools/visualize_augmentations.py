@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     names = dataset.class_names
 
-    pipeline = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train=True)
+    # Every step of the paper's pipeline, whatever INPUT.AUGMENTATION the config trains with.
+    pipeline = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train=True, augmentation="ssd")
     rng = np.random.default_rng(args.seed)
     relative = False
     panels = [panel(image, boxes, labels, names, f"0 input {image.shape[1]}x{image.shape[0]}")]

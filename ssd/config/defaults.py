@@ -37,7 +37,8 @@ _C.MODEL.NEG_POS_RATIO = 3
 _C.MODEL.CENTER_VARIANCE = 0.1
 # Variance of the log size offsets in box encoding (the Caffe SSD "variance" 0.2).
 _C.MODEL.SIZE_VARIANCE = 0.2
-# (new) Checkpoint to initialise from before training (fine-tuning): a path, URL or model-zoo name.
+# (new) Checkpoint to initialise from before training (fine-tuning): a path, URL or model-zoo name
+# (see ssd/modeling/model_zoo.py).
 # Heads whose shape differs (another class count) are skipped and reported. Empty = none.
 _C.MODEL.WEIGHTS = ""
 
@@ -91,6 +92,9 @@ _C.INPUT.IMAGE_SIZE = 300
 # so lufficc/SSD and torchvision ssd300_vgg16 weights transfer unchanged).
 # unit: RGB pixel values.
 _C.INPUT.PIXEL_MEAN = [123, 117, 104]
+# (new) Training augmentation: "ssd" (the paper's photometric distortion, zoom-out, IoU crop and mirror, as
+# lufficc/SSD), "light" (photometric distortion and mirror only: faster learning on short runs) or "none".
+_C.INPUT.AUGMENTATION = "ssd"
 
 # ---------------------------------------------------------------------------------------------------
 # DATASETS: names resolved by ssd/data/datasets/catalog.py

@@ -81,7 +81,7 @@ def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset
         raise ValueError(
             f"no dataset names given ({'DATASETS.TRAIN' if is_train else 'DATASETS.TEST'} is empty)"
         )
-    transform = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train)
+    transform = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train, cfg.INPUT.AUGMENTATION)
     data_root = cfg.DATASETS.DATA_ROOT or None
     datasets = [
         get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names

@@ -36,6 +36,7 @@ from ssd.modeling.weights import (
     load_matching,
     read_state_dict,
 )
+from ssd.utils.device import select_device
 
 # The configs folder of the repository (the zoo's configs are not part of the installed package).
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -197,13 +198,6 @@ class LoadedDetector:
     device: torch.device
 
 
-def resolve_device(name: str) -> torch.device:
-    """MODEL.DEVICE -> a device; "auto" = cuda if available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def _read_metadata(path: Path) -> dict:
     """The non-tensor entries of a checkpoint dict ("config", "class_names", ...); {} for a bare state dict."""
     try:  # mmap: the tensors are not read, so this costs nothing even for a 200 MB file
@@ -284,7 +278,7 @@ def load_detector(
         raise WeightsError(
             f"{ckpt} does not fit the network of {config_file or 'its stored config'}:\n{report.summary()}"
         )
-    device = resolve_device(cfg.MODEL.DEVICE)
+    device = select_device(cfg.MODEL.DEVICE)
     model.eval().to(device)
     class_names = tuple(metadata.get("class_names") or default_class_names(cfg))
     if len(class_names) != cfg.MODEL.NUM_CLASSES:

@@ -122,12 +122,16 @@ def _first_line(err: Exception) -> str:
 
 
 def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
-    """A state dict from a file or URL holding either the state dict or a checkpoint dict with "model".
+    """A state dict from a model-zoo name, or a file or URL holding a state dict or a checkpoint dict with "model".
 
     Raises:
         WeightsError: the file is missing, unreadable, or holds neither form; the message names the file.
     """
     source = str(path_or_url)
+    from ssd.modeling import model_zoo  # lazy: the zoo builds on this module
+
+    if model_zoo.is_zoo_name(source):  # e.g. MODEL.WEIGHTS vgg_ssd300_voc0712: downloaded and converted
+        return model_zoo.load_zoo_state_dict(source)
     if source.startswith(("http://", "https://")):
         content = _load_url(source)
     else:
