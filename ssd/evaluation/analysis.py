@@ -26,16 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ssd.evaluation.evaluator import (
-    DatasetEvaluator,
+    NumpyPredictionsEvaluator,
     gather_predictions,
     load_ground_truth,
-    prediction_to_numpy,
 )
 from ssd.evaluation.tables import nan_to_none, pipe_table
 from ssd.evaluation.voc import average_precision, box_iou_pixels, match_detections_voc, precision_recall
@@ -132,7 +131,7 @@ def interpolated_pr_curve(recall: np.ndarray, precision: np.ndarray) -> np.ndarr
     return np.array([envelope[i] if i < len(envelope) else 0.0 for i in idx])
 
 
-class ErrorAnalysisEvaluator(DatasetEvaluator):
+class ErrorAnalysisEvaluator(NumpyPredictionsEvaluator):
     """Per-class TP/FP/FN, precision/recall/F1, confusion matrix and PR curves, as JSON and PNG files.
 
     Results, under the task "analysis" (0-100 for rates): precision, recall, F1 over all classes (micro), and
@@ -152,13 +151,6 @@ class ErrorAnalysisEvaluator(DatasetEvaluator):
         self.iou_threshold = iou_threshold
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.reset()
-
-    def reset(self) -> None:
-        self._predictions: dict[int, dict[str, np.ndarray]] = {}
-
-    def process(self, inputs: Sequence[Mapping], outputs: Sequence[Mapping]) -> None:
-        for inp, out in zip(inputs, outputs, strict=True):
-            self._predictions[int(inp["index"])] = prediction_to_numpy(out)
 
     def analyse(self, predictions: Mapping[int, Mapping[str, np.ndarray]]) -> dict:
         """The full analysis as a JSON-ready dict (see the module docstring)."""

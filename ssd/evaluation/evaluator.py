@@ -39,6 +39,20 @@ class DatasetEvaluator:
         return {}
 
 
+class NumpyPredictionsEvaluator(DatasetEvaluator):
+    """An evaluator that keeps every image's prediction as NumPy arrays, by dataset index, until `evaluate`.
+
+    `self._predictions[index]` = `prediction_to_numpy(output)`; the VOC metric and the error analysis use it.
+    """
+
+    def reset(self) -> None:
+        self._predictions: dict[int, dict[str, np.ndarray]] = {}
+
+    def process(self, inputs: Sequence[Mapping], outputs: Sequence[Mapping]) -> None:
+        for inp, out in zip(inputs, outputs, strict=True):
+            self._predictions[int(inp["index"])] = prediction_to_numpy(out)
+
+
 class DatasetEvaluators(DatasetEvaluator):
     """Several evaluators run as one; their result dicts are merged (a task name may appear only once)."""
 

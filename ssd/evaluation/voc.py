@@ -31,10 +31,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ssd.evaluation.evaluator import (
-    DatasetEvaluator,
+    NumpyPredictionsEvaluator,
     gather_predictions,
     load_ground_truth,
-    prediction_to_numpy,
 )
 from ssd.evaluation.tables import create_small_table, per_category_table
 
@@ -163,7 +162,7 @@ def precision_recall(tp: np.ndarray, fp: np.ndarray, num_positives: int) -> tupl
     return recall, precision
 
 
-class PascalVOCEvaluator(DatasetEvaluator):
+class PascalVOCEvaluator(NumpyPredictionsEvaluator):
     """VOC AP of every class at IoU 0.5, mAP, and Detectron2's VOC summary over IoU 0.50:0.95.
 
     Results (0-100), under the task "voc":
@@ -183,13 +182,6 @@ class PascalVOCEvaluator(DatasetEvaluator):
         self.dataset_name = dataset_name or type(dataset).__name__
         self.class_names = tuple(dataset.class_names)
         self.reset()
-
-    def reset(self) -> None:
-        self._predictions: dict[int, dict[str, np.ndarray]] = {}
-
-    def process(self, inputs: Sequence[Mapping], outputs: Sequence[Mapping]) -> None:
-        for inp, out in zip(inputs, outputs, strict=True):
-            self._predictions[int(inp["index"])] = prediction_to_numpy(out)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         predictions = gather_predictions(self._predictions)
