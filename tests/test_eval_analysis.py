@@ -7,29 +7,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+from eval_fakes import FakeDataset
 
 from ssd.evaluation.analysis import ErrorAnalysisEvaluator, confusion_matrix_image, per_class_counts
-
-
-class FakeDataset:
-    def __init__(self, annotations, class_names):
-        self.annotations = annotations
-        self.class_names = class_names
-
-    def __len__(self):
-        return len(self.annotations)
-
-    def get_annotation(self, index):
-        boxes, labels, difficult = self.annotations[index]
-        return {
-            "image_id": index,
-            "file_name": f"{index}.jpg",
-            "height": 100,
-            "width": 100,
-            "boxes_xyxy": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "labels": np.asarray(labels, np.int64),
-            "difficult": np.asarray(difficult, bool),
-        }
 
 
 def box(x):

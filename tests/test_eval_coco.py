@@ -1,51 +1,22 @@
 """COCO evaluator: perfect detections, difficult boxes as crowd, empty classes, maxDets, and pycocotools parity."""
 
 import contextlib
+import functools
 import io
 import json
 import math
 
 import numpy as np
 import pytest
-import torch
+from eval_fakes import FakeDataset as BaseFakeDataset
+from eval_fakes import prediction
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ssd.evaluation.coco import COCOEvaluator, dataset_to_coco_dict
 
-
-class FakeDataset:
-    """The evaluation half of the dataset contract (docs/contracts.md)."""
-
-    def __init__(self, annotations, class_names=("__background__", "cell"), id_map=None, size=(200, 300)):
-        self.annotations = annotations
-        self.class_names = class_names
-        self.size = size
-        if id_map is not None:
-            self.contiguous_id_to_dataset_id = id_map
-
-    def __len__(self):
-        return len(self.annotations)
-
-    def get_annotation(self, index):
-        boxes, labels, difficult = self.annotations[index]
-        return {
-            "image_id": f"img{index}",
-            "file_name": f"img{index}.jpg",
-            "height": self.size[0],
-            "width": self.size[1],
-            "boxes_xyxy": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "labels": np.asarray(labels, np.int64),
-            "difficult": np.asarray(difficult if difficult is not None else [False] * len(labels), bool),
-        }
-
-
-def prediction(boxes, labels, scores):
-    return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(labels, dtype=torch.int64),
-        "scores": torch.tensor(scores, dtype=torch.float32),
-    }
+# 200 x 300 images: big enough for COCO's small / medium / large boxes below.
+FakeDataset = functools.partial(BaseFakeDataset, size=(200, 300))
 
 
 def run_coco(dataset, predictions, output_dir=None, **kwargs):

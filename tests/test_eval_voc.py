@@ -4,40 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from eval_fakes import FakeDataset, prediction
 
 from ssd.evaluation.voc import PascalVOCEvaluator, average_precision
-
-
-class FakeDataset:
-    """The evaluation half of the dataset contract (docs/contracts.md): class_names, len, get_annotation."""
-
-    def __init__(self, annotations, class_names=("__background__", "cell")):
-        self.annotations = annotations
-        self.class_names = class_names
-
-    def __len__(self):
-        return len(self.annotations)
-
-    def get_annotation(self, index):
-        boxes, labels, difficult = self.annotations[index]
-        return {
-            "image_id": f"img{index}",
-            "file_name": f"img{index}.jpg",
-            "height": 100,
-            "width": 100,
-            "boxes_xyxy": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "labels": np.asarray(labels, np.int64),
-            "difficult": np.asarray(difficult if difficult is not None else [False] * len(labels), bool),
-        }
-
-
-def prediction(boxes, labels, scores):
-    return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(labels, dtype=torch.int64),
-        "scores": torch.tensor(scores, dtype=torch.float32),
-    }
 
 
 def run_voc(dataset, predictions, **kwargs):
