@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Model, optimizer, schedule, checkpointer.
     model = build_detection_model(cfg).to(device)
+    if cfg.SOLVER.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)  # NHWC weights; the loop converts the images
     if cfg.MODEL.WEIGHTS and not (args.resume and Checkpointer(model, output_dir).last_checkpoint()):
         initialise_weights(model, cfg.MODEL.WEIGHTS)
     if distributed:
@@ -209,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         eval_period=cfg.SOLVER.EVAL_PERIOD,
         amp=cfg.SOLVER.AMP,
         clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
+        channels_last=cfg.SOLVER.CHANNELS_LAST,
         device=device,
     )
     try:

@@ -71,12 +71,12 @@ def test_recipe_priors_cover_the_bccd_training_boxes(bccd_root):
         name: (best_iou[labels_all == label] >= 0.5).float().mean().item()
         for label, name in enumerate(dataset.class_names[1:], start=1)
     }
-    # Measured: RBC 0.978, WBC 0.995, Platelets 0.584 (a 22 px platelet falls between prior centres 16 px
-    # apart, see the recipe's comment); lufficc's VOC priors give Platelets 0.01.
-    assert covered["RBC"] >= 0.95 and covered["WBC"] >= 0.95, covered
-    assert covered["Platelets"] >= 0.5, covered
-    assert (best_iou >= 0.5).float().mean().item() >= 0.93
-    assert best_iou.min().item() >= 0.2  # measured 0.23: no box is left without a fairly close prior
+    # Measured: RBC 0.998, WBC 1.000, Platelets 0.981. Without the stride-8 map (priors every 16 px) the
+    # platelets were at 0.584, see docs/bccd.md; lufficc's VOC priors give Platelets 0.01.
+    assert covered["RBC"] >= 0.97 and covered["WBC"] >= 0.97, covered
+    assert covered["Platelets"] >= 0.95, covered
+    assert (best_iou >= 0.5).float().mean().item() >= 0.97
+    assert best_iou.min().item() >= 0.2  # no box is left without a fairly close prior
 
 
 def test_seed_tool_fills_the_hub_cache_and_keeps_a_valid_file(tmp_path, mobilenet_v2_weights):
@@ -121,11 +121,11 @@ def run_cli(script: str, *args: str) -> str:
 
 def test_train_then_test_on_bccd_prints_coco_and_voc_tables(tmp_path, bccd_root, seeded_torch_home):
     # The recipe as is (ImageNet MobileNetV2 from the seeded offline cache), made cheap: 160 px input (its
-    # feature maps are 10, 5, 3, 2, 1, 1), 3 iterations of 2 images, no workers, no validation during training.
+    # feature maps are 20, 10, 5, 3, 2, 1, 1), 3 iterations of 2 images, no workers, no validation during training.
     small = [
         "INPUT.IMAGE_SIZE", "160",
-        "MODEL.PRIORS.FEATURE_MAPS", "[10, 5, 3, 2, 1, 1]",
-        "MODEL.PRIORS.STRIDES", "[16, 32, 53, 80, 160, 160]",
+        "MODEL.PRIORS.FEATURE_MAPS", "[20, 10, 5, 3, 2, 1, 1]",
+        "MODEL.PRIORS.STRIDES", "[8, 16, 32, 53, 80, 160, 160]",
         "DATA_LOADER.NUM_WORKERS", "0",
         "TEST.BATCH_SIZE", "24",
         "TEST.MAX_PER_IMAGE", "30",

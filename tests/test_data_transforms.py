@@ -167,6 +167,7 @@ def test_augmentation_levels_pick_the_steps():
         return [type(t).__name__ for t in build_transforms(64, MEAN, True, augmentation).transforms]
 
     assert steps("ssd")[:4] == ["PhotometricDistort", "Expand", "RandomSampleCrop", "RandomMirror"]
+    assert steps("crop")[:3] == ["PhotometricDistort", "RandomSampleCrop", "RandomMirror"]
     assert steps("light")[:2] == ["PhotometricDistort", "RandomMirror"]
     assert steps("none") == [type(t).__name__ for t in build_transforms(64, MEAN, False).transforms]
     with pytest.raises(ValueError, match="INPUT.AUGMENTATION"):

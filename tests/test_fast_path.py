@@ -155,3 +155,23 @@ def test_compiled_fast_path_equals_reference():
         logits, offsets = fast.predict_raw(x)
     torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
     torch.testing.assert_close(offsets, ref_offsets, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("config", [V2, V3], ids=["v2", "v3"])
+def test_channels_last_training_gradients_equal_nchw(config):
+    # What SOLVER.CHANNELS_LAST trains: NHWC weights and images. With BatchNorm in eval mode (running
+    # statistics) the gradients equal NCHW's to float rounding. In train mode the batch statistics of a random
+    # net amplify rounding differences, for either layout (see tests/test_train_e2e.py).
+    model = small_model(config)
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = images()
+    gradients = []
+    for net, batch in ((model, x), (nhwc, x.contiguous(memory_format=torch.channels_last))):
+        cls_logits, offsets = net.predict_raw(batch)  # a smooth loss: fixed random weights on every output
+        g = torch.Generator().manual_seed(4)
+        loss = (cls_logits * torch.randn(cls_logits.shape, generator=g)).sum()
+        loss = loss + (offsets * torch.randn(offsets.shape, generator=g)).sum()
+        loss.backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    reference, channels_last = gradients
+    assert ((channels_last - reference).norm() / reference.norm()).item() < 1e-5

@@ -207,6 +207,43 @@ def test_feature_map_shapes_match_lufficc(config_name, expected):
     assert shapes == [(c, s, s) for c, s in expected]
 
 
+@pytest.mark.parametrize(
+    "config_name, stride8_channels",
+    [("mobilenet_v2_ssd320_voc0712.yaml", 32), ("mobilenet_v3_ssd320_voc0712.yaml", 40)],
+)
+def test_stride8_map_adds_a_first_level_and_no_parameters(config_name, stride8_channels):
+    plain = build(config_name).backbone
+    seven_levels = (
+        "MODEL.BACKBONE.STRIDE8_MAP", "True",
+        "MODEL.BACKBONE.OUT_CHANNELS", str(tuple([stride8_channels, *plain.out_channels])),
+        "MODEL.PRIORS.FEATURE_MAPS", "[40, 20, 10, 5, 3, 2, 1]",
+        "MODEL.PRIORS.STRIDES", "[8, 16, 32, 64, 107, 160, 320]",
+        "MODEL.PRIORS.MIN_SIZES", "[20, 60, 105, 150, 195, 240, 285]",
+        "MODEL.PRIORS.MAX_SIZES", "[60, 105, 150, 195, 240, 285, 330]",
+        "MODEL.PRIORS.ASPECT_RATIOS", "[[2], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3]]",
+        "MODEL.PRIORS.BOXES_PER_LOCATION", "[4, 6, 6, 6, 6, 6, 6]",
+    )  # fmt: skip
+    model = build(config_name, *seven_levels).eval()
+    shapes = feature_map_shapes(model.backbone, 320)
+    assert shapes[0] == (stride8_channels, 40, 40)
+    assert shapes[1:] == feature_map_shapes(plain, 320)  # the six usual maps follow unchanged
+    # The tap reuses an existing block: the backbone's state dict (and ImageNet / lufficc loading) is the same.
+    assert model.backbone.state_dict().keys() == plain.state_dict().keys()
+    images = torch.randn(1, 3, 320, 320)
+    features = model.backbone(images)
+    with torch.no_grad():
+        expected = model.backbone.features[:7](images)  # features[0..6]
+    torch.testing.assert_close(features[0], expected)
+    cls_logits, _ = model.predict_raw(images)
+    # 4 priors per cell on the 40 x 40 map, then 6 per cell on the maps of 20, 10, 5, 3, 2 and 1.
+    assert cls_logits.shape[1] == 40 * 40 * 4 + 6 * (400 + 100 + 25 + 9 + 4 + 1) == 9634
+
+
+def test_stride8_map_on_vgg_names_the_key():
+    with pytest.raises(ConfigError, match="MODEL.BACKBONE.STRIDE8_MAP.*'vgg'.*conv4_3"):
+        build("vgg_ssd300_voc0712.yaml", "MODEL.BACKBONE.STRIDE8_MAP", "True")
+
+
 def test_wrong_out_channels_names_the_key():
     with pytest.raises(ConfigError, match=r"MODEL.BACKBONE.OUT_CHANNELS = \[96, 1280, 512, 256, 256, 32\]"):
         build(

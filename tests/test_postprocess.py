@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
+from ssd.modeling import postprocess
 from ssd.modeling.box_coder import decode
 from ssd.modeling.postprocess import PostProcessor
 from ssd.modeling.priors import make_priors
@@ -73,9 +74,9 @@ def test_parity_with_per_class_nms_loop(max_per_class, max_per_image):
             assert torch.bincount(results[i]["labels"]).max() <= max_per_class
 
 
-def test_growing_candidate_count_stays_exact():
-    # 400 nearly identical priors: NMS suppresses almost everything, so the first round (2 * max_per_image
-    # candidates per class) keeps fewer than max_per_image boxes and the candidate count has to grow.
+def test_growing_candidate_count_stays_exact(monkeypatch):
+    # 400 nearly identical priors: NMS suppresses almost everything, so the first round (the 2 *
+    # max_per_image best candidates) keeps fewer than max_per_image boxes and the candidate count has to grow.
     gen = torch.Generator().manual_seed(1)
     num_priors = 400
     priors_cxcywh = torch.tensor([0.5, 0.5, 0.3, 0.3]) + 0.002 * torch.randn(num_priors, 4, generator=gen)
@@ -84,11 +85,32 @@ def test_growing_candidate_count_stays_exact():
     offsets = torch.zeros(1, num_priors, 4)
     post = PostProcessor(CV, SV, 0.01, 0.45, max_per_class=-1, max_per_image=8)
     rounds = []
-    one_round = post._nms_top_k
-    post._nms_top_k = lambda class_scores, boxes, k: (rounds.append(k), one_round(class_scores, boxes, k))[1]
+    one_round = postprocess.class_aware_nms
+
+    def recording_nms(boxes, scores, labels, iou_threshold):
+        rounds.append(len(scores))
+        return one_round(boxes, scores, labels, iou_threshold)
+
+    monkeypatch.setattr(postprocess, "class_aware_nms", recording_nms)
     result = post(cls_logits, offsets, priors_cxcywh, [(100, 100)])[0]
-    assert rounds == [16, 64, 256, 400]
+    num_candidates = int((F.softmax(cls_logits[0], dim=1)[:, 1:] > 0.01).sum())  # 800: every pair passes
+    assert rounds == [16, 64, 256, num_candidates]
     assert_same(result, reference(cls_logits[0], offsets[0], priors_cxcywh, 100, 100, 0.01, 0.45, -1, 8))
+
+
+def test_rank_within_class():
+    scores = torch.tensor([0.9, 0.2, 0.5, 0.7, 0.1, 0.8])
+    classes = torch.tensor([0, 1, 0, 1, 2, 0])
+    # class 0: 0.9, 0.8, 0.5; class 1: 0.7, 0.2; class 2: 0.1
+    assert postprocess.rank_within_class(scores, classes, 4).tolist() == [0, 1, 2, 0, 0, 1]
+
+
+def test_class_aware_nms_keeps_overlapping_boxes_of_other_classes():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([1, 1, 2, 1])
+    assert postprocess.class_aware_nms(boxes, scores, labels, 0.5).tolist() == [0, 2, 3]
+    assert postprocess.class_aware_nms(boxes[:0], scores[:0], labels[:0], 0.5).tolist() == []
 
 
 def test_ssd300_random_weights_is_fast_and_exact():

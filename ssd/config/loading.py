@@ -113,9 +113,9 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}"
         )
-    if cfg.INPUT.AUGMENTATION not in ("ssd", "light", "none"):
+    if cfg.INPUT.AUGMENTATION not in ("ssd", "crop", "light", "none"):  # ssd.data.transforms.AUGMENTATIONS
         raise ConfigError(
-            f"INPUT.AUGMENTATION must be 'ssd', 'light' or 'none', got {cfg.INPUT.AUGMENTATION!r}"
+            f"INPUT.AUGMENTATION must be 'ssd', 'crop', 'light' or 'none', got {cfg.INPUT.AUGMENTATION!r}"
         )
     if cfg.SOLVER.BEST_MODE not in ("min", "max"):
         raise ConfigError(f"SOLVER.BEST_MODE must be 'min' or 'max', got {cfg.SOLVER.BEST_MODE!r}")

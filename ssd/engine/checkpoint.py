@@ -183,7 +183,9 @@ class Checkpointer:
         if not self.save_to_disk:
             return path
         checkpoint: dict[str, Any] = {
-            "model": unwrap(self.model).state_dict(),
+            # contiguous: a model trained channels-last (SOLVER.CHANNELS_LAST) saves the usual NCHW layout,
+            # so the file reads the same wherever it is loaded (values are unchanged either way).
+            "model": {key: value.contiguous() for key, value in unwrap(self.model).state_dict().items()},
             "iteration": int(iteration),
             "config": self.config_yaml,
             "rng": rng,

@@ -49,6 +49,7 @@ class TrainOptions:
     eval_period: int = 0  # 0 = validate only at the end
     amp: bool = False  # autocast + GradScaler; only meaningful on CUDA
     clip_grad_norm: float = 0.0  # 0 = no clipping
+    channels_last: bool = False  # images to NHWC; the caller converts the model (model.to(memory_format=...))
     device: torch.device = torch.device("cpu")
 
 
@@ -165,7 +166,8 @@ def train(
     for iteration, (images, targets, _) in zip(iterations, train_loader, strict=False):
         # data: (N, 3, S, S) and per-image target dicts, copied to the device.
         data_time = time.perf_counter() - last_end
-        images = images.to(device, non_blocking=True)
+        layout = torch.channels_last if options.channels_last else torch.preserve_format
+        images = images.to(device, non_blocking=True, memory_format=layout)
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
         # forward: the model matches priors to targets and returns the loss terms (scalars).

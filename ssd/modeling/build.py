@@ -7,6 +7,8 @@ MODEL.PRIORS.FEATURE_MAPS (a mismatch would otherwise pair predictions with the 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from yacs.config import CfgNode
@@ -78,10 +80,19 @@ def build_detection_model(cfg: CfgNode) -> SSDDetector:
     model_cfg, priors_cfg = cfg.MODEL, cfg.MODEL.PRIORS
     image_size = cfg.INPUT.IMAGE_SIZE
 
-    backbone = BACKBONES.get_builder(model_cfg.BACKBONE.NAME)(
+    builder = BACKBONES.get_builder(model_cfg.BACKBONE.NAME)
+    # STRIDE8_MAP is passed only when set, so builders that do not offer it keep the 3-argument signature.
+    options = {"stride8_map": True} if model_cfg.BACKBONE.STRIDE8_MAP else {}
+    if options and "stride8_map" not in inspect.signature(builder).parameters:
+        raise ConfigError(
+            f"MODEL.BACKBONE.STRIDE8_MAP is True but backbone {model_cfg.BACKBONE.NAME!r} has no stride-8 "
+            "option (the MobileNets have; VGG's first map, conv4_3, already has stride 8)"
+        )
+    backbone = builder(
         image_size=image_size,
         pretrained=model_cfg.BACKBONE.PRETRAINED,
         width_mult=model_cfg.BACKBONE.WIDTH_MULT,
+        **options,
     )
     check_backbone(cfg, feature_map_shapes(backbone, image_size))
 

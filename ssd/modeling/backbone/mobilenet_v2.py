@@ -12,6 +12,9 @@ Feature maps for a 320 x 320 input, width 1.0:
     extras[1]               256 x  3 x  3
     extras[2]               256 x  2 x  2
     extras[3]                64 x  1 x  1
+
+With `stride8_map=True` a seventh map comes first: features[6] output, 32 x 40 x 40 (stride 8, the last
+block before the stride-16 stage), for objects smaller than about two stride-16 cells (a new option).
 """
 
 from __future__ import annotations
@@ -107,9 +110,10 @@ class MobileNetV2SSD(nn.Module):
         width_mult: scales every width (the "width multiplier" of the paper); the last 1x1 conv keeps at
             least 1280 channels, as in torchvision. The extra layers are scaled too (a choice made here;
             lufficc/SSD has width 1.0 only). ImageNet weights exist for 1.0 only.
+        stride8_map: also emit features[6] (stride 8) as the first of 7 maps. Adds no parameters.
     """
 
-    def __init__(self, width_mult: float = 1.0):
+    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False):
         super().__init__()
         in_channels = make_divisible(32 * width_mult)
         last_channels = make_divisible(1280 * max(1.0, width_mult))
@@ -121,7 +125,9 @@ class MobileNetV2SSD(nn.Module):
                 in_channels = out_channels
         layers.append(ConvBNReLU6(in_channels, last_channels, kernel_size=1))  # features[18]
         self.features = nn.Sequential(*layers)
-        self.tap_index = 13  # the last stride-16 block (96 channels at width 1.0)
+        # Blocks whose output is a prediction source besides the last layer: the last stride-16 block (96
+        # channels at width 1.0), preceded by the last stride-8 block (32 channels) with `stride8_map`.
+        self.tap_indices = (6, 13) if stride8_map else (13,)
 
         self.extras = nn.ModuleList()
         in_channels = last_channels
@@ -129,9 +135,8 @@ class MobileNetV2SSD(nn.Module):
             out_channels = make_divisible(c * width_mult)
             self.extras.append(InvertedResidual(in_channels, out_channels, stride=2, expand_ratio=t))
             in_channels = out_channels
-        self.out_channels = [self.features[self.tap_index].conv[-1].num_features, last_channels] + [
-            block.conv[-1].num_features for block in self.extras
-        ]
+        self.out_channels = [self.features[i].conv[-1].num_features for i in self.tap_indices]
+        self.out_channels += [last_channels] + [block.conv[-1].num_features for block in self.extras]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -144,13 +149,13 @@ class MobileNetV2SSD(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, S, S) -> 6 feature maps (N, out_channels[l], f_l, f_l), largest first."""
+        """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
         features = []
         x = images
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index == self.tap_index:
-                features.append(x)  # features[13]: stride 16
+            if index in self.tap_indices:
+                features.append(x)  # features[13]: stride 16 (and features[6]: stride 8)
         features.append(x)  # features[18]: stride 32
         for block in self.extras:
             x = block(x)
@@ -159,20 +164,23 @@ class MobileNetV2SSD(nn.Module):
 
 
 @BACKBONES.register("mobilenet_v2")
-def build_mobilenet_v2(image_size: int, pretrained: bool, width_mult: float = 1.0) -> MobileNetV2SSD:
+def build_mobilenet_v2(
+    image_size: int, pretrained: bool, width_mult: float = 1.0, stride8_map: bool = False
+) -> MobileNetV2SSD:
     """MobileNetV2 SSDLite backbone; `pretrained` loads torchvision's ImageNet weights into `features`.
 
     Args:
         image_size: unused (the network is fully convolutional); kept for the common builder signature.
         pretrained: load `weights.PRETRAINED_URLS["mobilenet_v2"]` through the torch hub cache.
         width_mult: MobileNet width multiplier; pretrained weights need 1.0.
+        stride8_map: MODEL.BACKBONE.STRIDE8_MAP; emit the stride-8 map first (7 maps).
     """
     if pretrained and width_mult != 1.0:
         raise ValueError(
             f"ImageNet MobileNetV2 weights exist for MODEL.BACKBONE.WIDTH_MULT 1.0 only, got {width_mult}; "
             "set MODEL.BACKBONE.PRETRAINED False"
         )
-    backbone = MobileNetV2SSD(width_mult)
+    backbone = MobileNetV2SSD(width_mult, stride8_map)
     if pretrained:
         weights.load_pretrained_backbone(backbone, "mobilenet_v2")
     return backbone

@@ -148,7 +148,7 @@ class MobileNetV3SSD(nn.Module):
             (a choice made here; lufficc/SSD has width 1.0 only). ImageNet weights exist for 1.0 only.
     """
 
-    def __init__(self, width_mult: float = 1.0):
+    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False):
         super().__init__()
         in_channels = make_divisible(16 * width_mult)
         layers: list[nn.Module] = [_conv_bn_hswish(3, in_channels, 3, 2)]  # features[0]
@@ -162,7 +162,9 @@ class MobileNetV3SSD(nn.Module):
         last_channels = hidden  # 960 at width 1.0: the expansion width of the last block
         layers.append(_conv_bn_hswish(in_channels, last_channels, 1, 1))  # features[16]
         self.features = nn.Sequential(*layers)
-        self.tap_index = 12
+        # Blocks whose output is a prediction source besides the last layer: the last stride-16 block (112
+        # channels at width 1.0), preceded by the last stride-8 block (40 channels) with `stride8_map`.
+        self.tap_indices = (6, 12) if stride8_map else (12,)
 
         self.extras = nn.ModuleList()
         in_channels = last_channels
@@ -174,9 +176,8 @@ class MobileNetV3SSD(nn.Module):
                 )
             )
             in_channels = out_channels
-        self.out_channels = [self.features[self.tap_index].conv[-1].num_features, last_channels] + [
-            block.conv[-1].num_features for block in self.extras
-        ]
+        self.out_channels = [self.features[i].conv[-1].num_features for i in self.tap_indices]
+        self.out_channels += [last_channels] + [block.conv[-1].num_features for block in self.extras]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,13 +194,13 @@ class MobileNetV3SSD(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, S, S) -> 6 feature maps (N, out_channels[l], f_l, f_l), largest first."""
+        """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
         features = []
         x = images
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index == self.tap_index:
-                features.append(x)  # features[12]: stride 16
+            if index in self.tap_indices:
+                features.append(x)  # features[12]: stride 16 (and features[6]: stride 8)
         features.append(x)  # features[16]: stride 32
         for block in self.extras:
             x = block(x)
@@ -208,20 +209,23 @@ class MobileNetV3SSD(nn.Module):
 
 
 @BACKBONES.register("mobilenet_v3")
-def build_mobilenet_v3(image_size: int, pretrained: bool, width_mult: float = 1.0) -> MobileNetV3SSD:
+def build_mobilenet_v3(
+    image_size: int, pretrained: bool, width_mult: float = 1.0, stride8_map: bool = False
+) -> MobileNetV3SSD:
     """MobileNetV3-Large SSDLite backbone; `pretrained` loads d-li14's ImageNet weights into `features`.
 
     Args:
         image_size: unused (the network is fully convolutional); kept for the common builder signature.
         pretrained: load `weights.PRETRAINED_URLS["mobilenet_v3"]` through the torch hub cache.
         width_mult: MobileNet width multiplier; pretrained weights need 1.0.
+        stride8_map: MODEL.BACKBONE.STRIDE8_MAP; emit the stride-8 map first (7 maps).
     """
     if pretrained and width_mult != 1.0:
         raise ValueError(
             f"ImageNet MobileNetV3 weights exist for MODEL.BACKBONE.WIDTH_MULT 1.0 only, got {width_mult}; "
             "set MODEL.BACKBONE.PRETRAINED False"
         )
-    backbone = MobileNetV3SSD(width_mult)
+    backbone = MobileNetV3SSD(width_mult, stride8_map)
     if pretrained:
         weights.load_pretrained_backbone(backbone, "mobilenet_v3")
     return backbone
