@@ -102,7 +102,8 @@ def test_rank_within_class():
     scores = torch.tensor([0.9, 0.2, 0.5, 0.7, 0.1, 0.8])
     classes = torch.tensor([0, 1, 0, 1, 2, 0])
     # class 0: 0.9, 0.8, 0.5; class 1: 0.7, 0.2; class 2: 0.1
-    assert postprocess.rank_within_class(scores, classes, 4).tolist() == [0, 1, 2, 0, 0, 1]
+    by_score = scores.argsort(descending=True)
+    assert postprocess.rank_within_class(by_score, classes, 4).tolist() == [0, 1, 2, 0, 0, 1]
 
 
 def test_class_aware_nms_keeps_overlapping_boxes_of_other_classes():

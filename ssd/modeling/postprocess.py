@@ -95,7 +95,7 @@ class PostProcessor:
         if self.max_per_class > 0:
             # Keep the k best candidates of each class (a user setting that changes the result, as
             # torchvision's 400 per class); -1 = no limit, as in lufficc/SSD.
-            rank = rank_within_class(cand_scores, cand_classes, num_fg)  # (M,)
+            rank = rank_within_class(by_score, cand_classes, num_fg)  # (M,)
             by_score = by_score[rank[by_score] < self.max_per_class]
 
         # Only the max_per_image best detections are returned, so NMS need not see every candidate. Greedy
@@ -125,17 +125,16 @@ class PostProcessor:
         }
 
 
-def rank_within_class(scores: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+def rank_within_class(by_score: Tensor, classes: Tensor, num_classes: int) -> Tensor:
     """Rank of each candidate among the candidates of its class, by descending score (0 = the best).
 
     Args:
-        scores: (M,) candidate scores.
+        by_score: (M,) candidate indices sorted by descending score.
         classes: (M,) int64 class of each candidate, in 0..num_classes-1.
 
     Returns:
         (M,) int64 rank of each candidate.
     """
-    by_score = scores.argsort(descending=True)  # (M,)
     order = by_score[classes[by_score].argsort(stable=True)]  # (M,) grouped by class, descending inside
     per_class = torch.bincount(classes, minlength=num_classes)  # (num_classes,)
     first = per_class.cumsum(0) - per_class  # (num_classes,) position of each class's first candidate
