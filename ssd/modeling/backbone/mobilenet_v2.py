@@ -150,17 +150,30 @@ class MobileNetV2SSD(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
-        features = []
-        x = images
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.tap_indices:
-                features.append(x)  # features[13]: stride 16 (and features[6]: stride 8)
-        features.append(x)  # features[18]: stride 32
-        for block in self.extras:
-            x = block(x)
-            features.append(x)
-        return features
+        return tapped_forward(self.features, self.extras, self.tap_indices, images)
+
+
+def tapped_forward(
+    features: nn.Sequential, extras: nn.ModuleList, tap_indices: tuple[int, ...], images: Tensor
+) -> list[Tensor]:
+    """The MobileNet SSD forward (MobileNetV2 and V3): run `features`, keeping the outputs of the blocks in
+    `tap_indices` (stride 16, and stride 8 with a stride-8 map) and of the last layer (stride 32), then each
+    extra layer's output (strides 64 ..).
+
+    Returns:
+        len(tap_indices) + 1 + len(extras) maps (N, C_l, f_l, f_l), largest first.
+    """
+    maps = []
+    x = images
+    for index, layer in enumerate(features):
+        x = layer(x)
+        if index in tap_indices:
+            maps.append(x)
+    maps.append(x)  # the last layer of `features`
+    for block in extras:
+        x = block(x)
+        maps.append(x)
+    return maps
 
 
 @BACKBONES.register("mobilenet_v2")

@@ -9,6 +9,8 @@ Feature maps for a 320 x 320 input, width 1.0:
     features[12] output     112 x 20 x 20   (stride 16)
     features[16] output     960 x 10 x 10   (stride 32; the last 1x1 conv)
     extras[0..3]            512 x 5, 256 x 3, 256 x 2, 64 x 1
+
+With `stride8_map=True` a seventh map comes first: features[6] output, 40 x 40 x 40 (stride 8).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssd.modeling import weights
-from ssd.modeling.backbone.mobilenet_v2 import make_divisible
+from ssd.modeling.backbone.mobilenet_v2 import make_divisible, tapped_forward
 from ssd.modeling.registry import BACKBONES
 
 
@@ -195,17 +197,7 @@ class MobileNetV3SSD(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
-        features = []
-        x = images
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.tap_indices:
-                features.append(x)  # features[12]: stride 16 (and features[6]: stride 8)
-        features.append(x)  # features[16]: stride 32
-        for block in self.extras:
-            x = block(x)
-            features.append(x)
-        return features
+        return tapped_forward(self.features, self.extras, self.tap_indices, images)
 
 
 @BACKBONES.register("mobilenet_v3")
