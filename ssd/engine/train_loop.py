@@ -163,10 +163,10 @@ def train(
     iteration, stop = start_iter, False
     start_time = last_end = time.perf_counter()
     iterations = range(start_iter + 1, options.max_iter + 1)
+    layout = torch.channels_last if options.channels_last else torch.preserve_format  # of the images
     for iteration, (images, targets, _) in zip(iterations, train_loader, strict=False):
         # data: (N, 3, S, S) and per-image target dicts, copied to the device.
         data_time = time.perf_counter() - last_end
-        layout = torch.channels_last if options.channels_last else torch.preserve_format
         images = images.to(device, non_blocking=True, memory_format=layout)
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
