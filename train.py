@@ -29,7 +29,7 @@ from ssd.engine.checkpoint import Checkpointer, CheckpointError, restore_rng_sta
 from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
 from ssd.engine.writers import build_writers
 from ssd.modeling.weights import WeightsError, load_model_weights
-from ssd.solver import build_lr_scheduler, build_optimizer
+from ssd.solver import build_lr_scheduler, build_optimizer, resolve_epoch_schedule
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
@@ -103,25 +103,23 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_validator(cfg: CfgNode, device: torch.device):
-    """DATASETS.VAL (else TEST) -> `validate(model) -> {"val/loss", "val/reg_loss", ..., "bbox/AP50", ...}`.
+def build_validator(cfg: CfgNode, device: torch.device, dataset):
+    """The validation images -> `validate(model) -> {"val/loss", "val/reg_loss", ..., "bbox/AP50", ...}`.
 
-    Every process runs its shard of the validation set (the loaders shard, the evaluators gather); the main
-    process's results are broadcast so every process takes the same best/early-stop decisions. Returns None
-    when there is no validation dataset.
+    `dataset` comes from `build_train_val_datasets` (DATASETS.VAL, or the images held out of DATASETS.TRAIN);
+    None gives None (no validation). Every process runs its shard of the validation set (the loaders shard,
+    the evaluators gather); the main process's results are broadcast so every process takes the same
+    best/early-stop decisions.
     """
-    from ssd.data.build import build_dataset, build_test_loader
+    from ssd.data.build import build_test_loader
     from ssd.engine.inference import compute_validation_loss, inference_on_dataset
     from ssd.evaluation import build_evaluator, flatten_results
 
-    names = tuple(cfg.DATASETS.VAL) or tuple(cfg.DATASETS.TEST)
-    if not names:
+    if dataset is None:
         return None
-    if len(names) > 1:
-        logger.warning("Validating on %s only (the first of %s)", names[0], names)
-    dataset = build_dataset(cfg, [names[0]], is_train=False)
     loader = build_test_loader(cfg, dataset)
-    evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=names[0], analysis=False)
+    name = getattr(dataset, "name", "validation")
+    evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=name, analysis=False)
 
     def validate(model: nn.Module) -> dict[str, float]:
         bare = unwrap(model)  # DDP's forward would expect a backward; evaluation does not need it
@@ -147,9 +145,14 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.dump())
         return 0
 
-    from ssd.data.build import build_train_loader  # heavy imports after the cheap --print-config
+    from ssd.data.build import (  # heavy imports after --print-config
+        build_fit_dataset,
+        build_train_loader,
+        build_train_val_datasets,
+    )
     from ssd.engine.inference import evaluate_on_test_datasets
     from ssd.modeling import build_detection_model
+    from ssd.modeling.prior_fitting import log_prior_coverage, resolve_auto_settings
 
     device = select_device(cfg.MODEL.DEVICE)
     distributed = dist_utils.init_distributed(device.type)  # under torchrun: join the process group
@@ -158,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
     setup_logger(output_dir, rank)
     logger.info("Config file %s, overrides %s; %d process(es) on %s", args.config_file, opts,
                 dist_utils.get_world_size(), device)  # fmt: skip
+
+    # Data first: the settings fitted to the training boxes (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto")
+    # and the epoch count (SOLVER.EPOCHS) depend on the training images.
+    if cfg.MODEL.PRIORS.AUTO or cfg.INPUT.AUGMENTATION == "auto":
+        cfg = resolve_auto_settings(cfg, build_fit_dataset(cfg))
+    train_dataset, val_dataset = build_train_val_datasets(cfg)
+    cfg = resolve_epoch_schedule(cfg, len(train_dataset), dist_utils.get_world_size())
+    log_prior_coverage(cfg, train_dataset, train_dataset.class_names)
     if dist_utils.is_main_process():
         (output_dir / "config.yaml").write_text(cfg.dump())
     logger.info("Running with config:\n%s", cfg.dump())
@@ -198,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
     start_iter = int(checkpoint.get("iteration", 0))
     if tracker is not None and "best" in checkpoint:
         tracker.load_state_dict(checkpoint["best"])
-    train_loader = build_train_loader(cfg, start_iter=start_iter)
-    validate = build_validator(cfg, device)
+    train_loader = build_train_loader(cfg, start_iter=start_iter, dataset=train_dataset)
+    validate = build_validator(cfg, device, val_dataset)
     writers = build_writers(cfg, cfg.SOLVER.MAX_ITER, start_iter)
     if checkpoint:
         restore_rng_state(checkpoint.get("rng"))  # last, so nothing built above consumes the restored streams

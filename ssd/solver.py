@@ -20,12 +20,15 @@ fields and a checkpoint restores it.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("SGD", "AdamW")
 SCHEDULES = ("multistep", "cosine")
@@ -115,3 +118,31 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
         gamma=s.GAMMA,
     )
     return make_lr_scheduler(optimizer, factor)
+
+
+def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -> CfgNode:
+    """SOLVER.EPOCHS > 0 -> a copy of `cfg` whose MAX_ITER (and, with EVAL_EPOCHS, EVAL_PERIOD and
+    CHECKPOINT_PERIOD) count the iterations of that many passes over `num_images` training images.
+
+    One iteration takes BATCH_SIZE images on each of `world_size` processes. `cfg` is returned unchanged when
+    EPOCHS is 0. Example: 128 images, batch 8, EPOCHS 40 -> 16 iterations per epoch, MAX_ITER 640.
+    """
+    s = cfg.SOLVER
+    if s.EPOCHS <= 0:
+        return cfg
+    per_epoch = num_images / (s.BATCH_SIZE * world_size)  # iterations per epoch (fractional)
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.SOLVER.MAX_ITER = max(1, math.ceil(s.EPOCHS * per_epoch))
+    if s.EVAL_EPOCHS > 0:
+        period = max(1, math.ceil(s.EVAL_EPOCHS * per_epoch))
+        resolved.SOLVER.EVAL_PERIOD = period
+        resolved.SOLVER.CHECKPOINT_PERIOD = period
+    logger.info(
+        "SOLVER.EPOCHS %d over %d images, %d per iteration: MAX_ITER %d, EVAL_PERIOD %d, CHECKPOINT_PERIOD %d",
+        s.EPOCHS, num_images, s.BATCH_SIZE * world_size, resolved.SOLVER.MAX_ITER,
+        resolved.SOLVER.EVAL_PERIOD, resolved.SOLVER.CHECKPOINT_PERIOD,
+    )  # fmt: skip
+    if cfg.is_frozen():
+        resolved.freeze()
+    return resolved

@@ -1,5 +1,7 @@
 """Config loading: defaults, derived values, and errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 
 from ssd.config import ConfigError, get_cfg, load_config
@@ -55,3 +57,84 @@ def test_config_reference_is_generated_and_current():
     tool = Path(__file__).resolve().parents[1] / "tools" / "gen_config_docs.py"
     result = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ----- _BASE_ inheritance --------------------------------------------------------------------------------
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_chain_is_relative_to_each_file_and_the_child_wins(tmp_path):
+    write(tmp_path / "a" / "root.yaml", "SOLVER:\n  LR: 0.5\n  MAX_ITER: 7\nINPUT:\n  IMAGE_SIZE: 64\n")
+    write(tmp_path / "a" / "b" / "middle.yaml", "_BASE_: ../root.yaml\nSOLVER:\n  MAX_ITER: 9\n")
+    child = write(tmp_path / "c" / "child.yaml", "_BASE_: ../a/b/middle.yaml\nSOLVER:\n  BATCH_SIZE: 3\n")
+    cfg = load_config(child)
+    assert cfg.SOLVER.LR == 0.5  # from the root, two levels up
+    assert cfg.SOLVER.MAX_ITER == 9  # the middle file overrides the root
+    assert cfg.SOLVER.BATCH_SIZE == 3  # the child's own key
+    assert cfg.INPUT.IMAGE_SIZE == 64
+    assert "_BASE_" not in cfg.dump()  # the merged result holds no inheritance key
+
+
+def test_command_line_overrides_win_over_every_file(tmp_path):
+    write(tmp_path / "base.yaml", "SOLVER:\n  LR: 0.5\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\nSOLVER:\n  LR: 0.25\n")
+    assert load_config(child, ["SOLVER.LR", "0.125"]).SOLVER.LR == 0.125
+
+
+def test_missing_base_names_the_file_and_the_including_file(tmp_path):
+    child = write(tmp_path / "child.yaml", "_BASE_: nowhere/base.yaml\n")
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(child)
+    assert str(tmp_path / "nowhere" / "base.yaml") in str(info.value)
+    assert "child.yaml" in str(info.value)
+
+
+def test_base_cycle_is_refused(tmp_path):
+    write(tmp_path / "a.yaml", "_BASE_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_BASE_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_unknown_key_in_a_base_names_the_base(tmp_path):
+    write(tmp_path / "base.yaml", "SOLVER:\n  LR_TYPO: 1\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\n")
+    with pytest.raises(ConfigError, match="LR_TYPO") as info:
+        load_config(child)
+    assert "base.yaml" in str(info.value) and "child.yaml" not in str(info.value)
+
+
+def test_rebased_shipped_config_equals_its_flat_form():
+    """configs/mobilenet_v2_ssd320_voc0712.yaml now inherits the network; the values are lufficc's."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mobilenet_v2_ssd320_voc0712.yaml")
+    assert cfg.MODEL.BOX_HEAD.PREDICTOR == "SSDLiteBoxPredictor"
+    assert cfg.MODEL.BACKBONE.OUT_CHANNELS == (96, 1280, 512, 256, 256, 64)
+    assert cfg.MODEL.PRIORS.MIN_SIZES == [60, 105, 150, 195, 240, 285]
+    assert cfg.INPUT.IMAGE_SIZE == 320 and cfg.MODEL.NUM_CLASSES == 21
+
+
+# ----- epochs ----------------------------------------------------------------------------------------------
+
+
+def test_epochs_set_max_iter_and_periods():
+    from ssd.solver import resolve_epoch_schedule
+
+    cfg = load_config(opts=["SOLVER.EPOCHS", "40", "SOLVER.EVAL_EPOCHS", "5", "SOLVER.BATCH_SIZE", "8",
+                            "SOLVER.LR_SCHEDULER", "cosine"])  # fmt: skip
+    resolved = resolve_epoch_schedule(cfg, num_images=128)  # 16 iterations per epoch
+    assert resolved.SOLVER.MAX_ITER == 640
+    assert resolved.SOLVER.EVAL_PERIOD == 80 and resolved.SOLVER.CHECKPOINT_PERIOD == 80
+    assert cfg.SOLVER.MAX_ITER == 120000  # the input config is left alone
+    # 100 images on 2 processes of 8: 6.25 iterations per epoch, rounded up over the whole run.
+    assert resolve_epoch_schedule(cfg, num_images=100, world_size=2).SOLVER.MAX_ITER == 250
+    assert resolve_epoch_schedule(cfg, num_images=100, world_size=2).SOLVER.EVAL_PERIOD == 32
+
+
+def test_epochs_need_the_cosine_schedule():
+    with pytest.raises(ConfigError, match="SOLVER.EPOCHS"):
+        load_config(opts=["SOLVER.EPOCHS", "10"])  # the default multistep LR_STEPS are in iterations

@@ -324,3 +324,51 @@ def test_catalog_names_errors_and_config_registration(bccd_root, tmp_path, monke
     assert len(get_dataset("shapes_val")) == 200
     with pytest.raises(ValueError, match="voc:ROOT:SPLIT"):
         register_from_config(["broken:voc:only_root"])
+
+
+# ----- CSV coordinate conventions; the COCO converter ------------------------------------------------------
+
+RACCOON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
+
+
+def test_csv_one_based_corners_are_shifted_like_voc(tmp_path):
+    from ssd.data.datasets import CSVDataset
+
+    _write_image(tmp_path / "a.png", 30, 20)
+    (tmp_path / "boxes.csv").write_text(
+        "filename,width,height,class,xmin,ymin,xmax,ymax\na.png,30,20,cat,1,2,11,12\n"
+    )
+    zero = CSVDataset(tmp_path / "boxes.csv", tmp_path).get_annotation(0)["boxes_xyxy"]
+    one = CSVDataset(tmp_path / "boxes.csv", tmp_path, one_based=True).get_annotation(0)["boxes_xyxy"]
+    assert zero.tolist() == [[1, 2, 11, 12]] and one.tolist() == [[0, 1, 10, 11]]
+
+
+def test_csv_convention_from_the_config_and_a_bad_one_is_named(tmp_path):
+    from ssd.data.datasets.catalog import get_dataset, register_from_config
+
+    _write_image(tmp_path / "a.png", 30, 20)
+    (tmp_path / "b.csv").write_text(
+        "filename,width,height,class,xmin,ymin,xmax,ymax\na.png,30,20,cat,1,2,11,12\n"
+    )
+    register_from_config([f"conv_csv:csv:{tmp_path / 'b.csv'}:{tmp_path}:one_based"])
+    assert get_dataset("conv_csv").get_annotation(0)["boxes_xyxy"].tolist() == [[0, 1, 10, 11]]
+    with pytest.raises(ValueError, match="one_based"):
+        register_from_config([f"conv_bad:csv:{tmp_path / 'b.csv'}:{tmp_path}:1based"])
+
+
+def test_raccoon_csv_one_based_equals_its_voc_xml_files():
+    """The raccoon CSV was exported from its XML files: read one-based, it gives exactly the XML boxes."""
+    if not (RACCOON / "data" / "train_labels.csv").is_file():
+        pytest.skip(f"raccoon dataset not found at {RACCOON} (the project's ../shared/data/raccoon folder)")
+    from ssd.data.datasets import CSVDataset
+    from ssd.data.datasets.voc import parse_voc_xml
+
+    csv = CSVDataset(RACCOON / "data" / "train_labels.csv", RACCOON / "images", ("raccoon",), one_based=True)
+    assert len(csv) == 160 and sum(len(csv.get_annotation(i)["boxes_xyxy"]) for i in range(len(csv))) == 173
+    for index in range(len(csv)):
+        record = csv.get_annotation(index)
+        stem = Path(record["file_name"]).stem
+        xml = parse_voc_xml(
+            RACCOON / "annotations" / f"{stem}.xml", {"raccoon": 1}, Path(record["file_name"])
+        )
+        assert np.array_equal(xml["boxes_xyxy"], record["boxes_xyxy"]), stem

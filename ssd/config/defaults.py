@@ -79,6 +79,12 @@ _C.MODEL.PRIORS.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
 _C.MODEL.PRIORS.BOXES_PER_LOCATION = [4, 6, 6, 6, 4, 4]
 # Clamp the centre-form priors (cx, cy, w, h) to [0, 1], as lufficc/SSD and Caffe SSD do.
 _C.MODEL.PRIORS.CLIP = True
+# (new) Fit the priors to the training boxes before training (ssd/modeling/prior_fitting.py): the backbone's
+# levels are kept (a MobileNet's stride-8 map is added when small objects need it), and MIN_SIZES, MAX_SIZES,
+# ASPECT_RATIOS, BOXES_PER_LOCATION, STRIDES, OUT_CHANNELS and STRIDE8_MAP are replaced by fitted values.
+# train.py logs them and writes them into OUTPUT_DIR/config.yaml (with AUTO False); test.py fits them again
+# from DATASETS.TRAIN (deterministic), or use that config.yaml.
+_C.MODEL.PRIORS.AUTO = False
 
 _C.MODEL.BOX_HEAD = CN()
 # Name of the box head; only "SSDBoxHead" exists (kept for lufficc/SSD YAML compatibility).
@@ -99,7 +105,9 @@ _C.INPUT.IMAGE_SIZE = 300
 _C.INPUT.PIXEL_MEAN = [123, 117, 104]
 # (new) Training augmentation: "ssd" (the paper's photometric distortion, zoom-out, IoU crop and mirror, as
 # lufficc/SSD), "crop" (the same without the zoom-out: for small objects, which a zoom-out shrinks below the
-# smallest priors), "light" (photometric distortion and mirror only: faster learning on short runs) or "none".
+# smallest priors), "light" (photometric distortion and mirror only: faster learning on short runs), "none",
+# or "auto": train.py picks "crop" when the zoom-out would shrink most boxes of some class out of reach of the
+# finest priors, else "ssd", and logs the choice (ssd/modeling/prior_fitting.py, choose_augmentation).
 _C.INPUT.AUGMENTATION = "ssd"
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,8 +119,13 @@ _C.DATASETS.TRAIN = ()
 # Test dataset names, evaluated by test.py and at the end of training.
 _C.DATASETS.TEST = ()
 # (new) Validation dataset names for the validation loss / metric, best checkpoint and early stopping
-# during training. Empty = use DATASETS.TEST.
+# during training. Empty = hold out DATASETS.VAL_FRACTION of the training images (never the test set).
 _C.DATASETS.VAL = ()
+# (new) When DATASETS.VAL is empty, the share of training images held out for validation; the same images
+# on every run (chosen by a hash of their file names, ssd/data/split.py). 0 = no validation, so no
+# model_best.pth and no early stopping.
+# constraint: in [0, 1).
+_C.DATASETS.VAL_FRACTION = 0.2
 # (new) Root folder under which catalog names are resolved (VOCdevkit / COCO layouts).
 # Empty = $SSD_DATA_ROOT, else "datasets". $VOC_ROOT and $COCO_ROOT (lufficc/SSD) override per family.
 _C.DATASETS.DATA_ROOT = ""
@@ -141,6 +154,13 @@ _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER = "SGD"
 # Number of training iterations. unit: iterations.
 _C.SOLVER.MAX_ITER = 120000
+# (new) Train for this many passes over the training images instead; 0 = use MAX_ITER. train.py sets MAX_ITER
+# to ceil(EPOCHS * images / (BATCH_SIZE * processes)) and logs it. unit: epochs.
+# constraint: >= 0; with LR_SCHEDULER "cosine" (multistep LR_STEPS are in iterations).
+_C.SOLVER.EPOCHS = 0
+# (new) With EPOCHS > 0: validate and save a checkpoint every this many epochs (sets EVAL_PERIOD and
+# CHECKPOINT_PERIOD); 0 = keep those two as given. unit: epochs.
+_C.SOLVER.EVAL_EPOCHS = 0
 # (new) Learning-rate schedule after warmup: "multistep" (x GAMMA at each LR_STEPS) or "cosine".
 _C.SOLVER.LR_SCHEDULER = "multistep"
 # Iterations at which "multistep" multiplies the learning rate by GAMMA. unit: iterations.

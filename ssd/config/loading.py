@@ -2,6 +2,11 @@
 
 yacs already refuses unknown keys and type changes; here its messages are turned into one line that
 names the file (or the override) and the key, and derived values are filled in or checked.
+
+A YAML file may start from another one with `_BASE_: other.yaml` (Detectron2's convention): the path is
+relative to the file that names it, a base may have a base of its own, and the including file wins where
+both set a key. Bases are merged first, one file at a time, so an error still names the file that holds
+the bad key. `--print-config` shows the merged result.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from yacs.config import CfgNode
 
 from ssd.config.defaults import _C
@@ -33,13 +39,45 @@ def _merge(cfg: CfgNode, merge, source: str) -> None:
         raise ConfigError(f"{source}: {err}") from None
 
 
+BASE_KEY = "_BASE_"
+
+
+def merge_config_file(cfg: CfgNode, path: str | Path, _including: tuple[Path, ...] = ()) -> None:
+    """Merge a YAML file into `cfg`, its `_BASE_` chain first (the including file wins).
+
+    Raises:
+        ConfigError: a missing file (named with the file that includes it), a `_BASE_` cycle, a file that is
+            not a YAML mapping, or an unknown key / wrong type (named with the file that sets it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        where = f" (the {BASE_KEY} of {_including[-1]})" if _including else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in _including:
+        chain = " -> ".join(str(p) for p in (*_including, resolved))
+        raise ConfigError(f"{BASE_KEY} cycle: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config file {path}: {BASE_KEY} must be one file name, got {base!r}")
+        merge_config_file(cfg, path.parent / base, (*_including, resolved))
+    _merge(cfg, lambda: cfg.merge_from_other_cfg(CfgNode(data)), f"config file {path}")
+
+
 def load_config(
     config_file: str | Path | None = None, opts: Sequence[str] = (), freeze: bool = True
 ) -> CfgNode:
     """Defaults <- YAML file <- `KEY VALUE` overrides, then derived values checked.
 
     Args:
-        config_file: a YAML file in lufficc/SSD format, or None for the defaults.
+        config_file: a YAML file in lufficc/SSD format (optionally with `_BASE_`), or None for the defaults.
         opts: flat list of overrides, e.g. ["SOLVER.LR", "0.01", "MODEL.DEVICE", "cpu"].
         freeze: return a frozen (read-only) config.
 
@@ -48,10 +86,7 @@ def load_config(
     """
     cfg = get_cfg()
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        _merge(cfg, lambda: cfg.merge_from_file(str(path)), f"config file {path}")
+        merge_config_file(cfg, config_file)
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
@@ -113,9 +148,20 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}"
         )
-    if cfg.INPUT.AUGMENTATION not in ("ssd", "crop", "light", "none"):  # ssd.data.transforms.AUGMENTATIONS
+    if cfg.INPUT.AUGMENTATION not in ("ssd", "crop", "light", "none", "auto"):  # transforms.AUGMENTATIONS
         raise ConfigError(
-            f"INPUT.AUGMENTATION must be 'ssd', 'crop', 'light' or 'none', got {cfg.INPUT.AUGMENTATION!r}"
+            f"INPUT.AUGMENTATION must be 'ssd', 'crop', 'light', 'none' or 'auto', got {cfg.INPUT.AUGMENTATION!r}"
+        )
+    if not 0.0 <= cfg.DATASETS.VAL_FRACTION < 1.0:
+        raise ConfigError(f"DATASETS.VAL_FRACTION must be in [0, 1), got {cfg.DATASETS.VAL_FRACTION}")
+    if cfg.SOLVER.EPOCHS < 0 or cfg.SOLVER.EVAL_EPOCHS < 0:
+        raise ConfigError(
+            f"SOLVER.EPOCHS and SOLVER.EVAL_EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS} and {cfg.SOLVER.EVAL_EPOCHS}"
+        )
+    if cfg.SOLVER.EPOCHS > 0 and cfg.SOLVER.LR_SCHEDULER != "cosine":
+        raise ConfigError(
+            f"SOLVER.EPOCHS = {cfg.SOLVER.EPOCHS} needs SOLVER.LR_SCHEDULER 'cosine' (got "
+            f"{cfg.SOLVER.LR_SCHEDULER!r}, whose SOLVER.LR_STEPS are in iterations); or give SOLVER.MAX_ITER"
         )
     if cfg.SOLVER.BEST_MODE not in ("min", "max"):
         raise ConfigError(f"SOLVER.BEST_MODE must be 'min' or 'max', got {cfg.SOLVER.BEST_MODE!r}")

@@ -25,6 +25,7 @@ from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
 from ssd.data.datasets.base import DetectionDataset
 from ssd.data.datasets.catalog import get_dataset, register_from_config
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
+from ssd.data.split import DetectionSubset, split_for_validation
 from ssd.data.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,12 @@ class DetectionConcatDataset(ConcatDataset):
         return self.get_item(index, rng=None)
 
 
-def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset | DetectionConcatDataset:
+def build_dataset(
+    cfg, names: Sequence[str], is_train: bool, annotations_only: bool = False
+) -> DetectionDataset | DetectionConcatDataset:
     """The datasets called `names` (DATASETS.REGISTER entries registered first) with the pipeline of
-    `build_transforms`; several names give one `DetectionConcatDataset` (same classes required)."""
+    `build_transforms`; several names give one `DetectionConcatDataset` (same classes required).
+    `annotations_only`: no transform (for reading boxes, e.g. to fit priors, before INPUT is settled)."""
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     if isinstance(names, str):
         names = [names]
@@ -81,7 +85,11 @@ def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset
         raise ValueError(
             f"no dataset names given ({'DATASETS.TRAIN' if is_train else 'DATASETS.TEST'} is empty)"
         )
-    transform = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train, cfg.INPUT.AUGMENTATION)
+    transform = None
+    if not annotations_only:
+        transform = build_transforms(
+            cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train, cfg.INPUT.AUGMENTATION
+        )
     data_root = cfg.DATASETS.DATA_ROOT or None
     datasets = [
         get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names
@@ -101,7 +109,9 @@ class _SeededSamples(Dataset):
     """Training-loader view of a dataset: item (index, position) is augmented with a generator seeded by
     (seed, position, index), so it does not depend on the worker that loads it (see samplers.py)."""
 
-    def __init__(self, dataset: DetectionDataset | DetectionConcatDataset, seed: int) -> None:
+    def __init__(
+        self, dataset: DetectionDataset | DetectionConcatDataset | DetectionSubset, seed: int
+    ) -> None:
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
@@ -130,14 +140,70 @@ def _resolve_seed(seed: int) -> int:
     return seed
 
 
-def build_train_loader(cfg, start_iter: int = 0) -> DataLoader:
+def _holds_out_validation(cfg, num_train_images: int) -> bool:
+    """True when DATASETS.VAL is empty and DATASETS.VAL_FRACTION > 0 of the training images can be held out."""
+    if cfg.DATASETS.VAL or cfg.DATASETS.VAL_FRACTION <= 0:
+        return False
+    if num_train_images < 2:
+        logger.warning(
+            "DATASETS.VAL is empty and the training set has %d image(s), too few to hold any out: "
+            "no validation during training", num_train_images,
+        )  # fmt: skip
+        return False
+    return True
+
+
+def build_fit_dataset(cfg) -> DetectionDataset | DetectionConcatDataset | DetectionSubset:
+    """The training images' annotations, without transforms and without the held-out validation images:
+    what the settings fitted to the data (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto") are chosen on."""
+    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
+    if not _holds_out_validation(cfg, len(train)):
+        return train
+    return split_for_validation(train, cfg.DATASETS.VAL_FRACTION)[0]
+
+
+def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
+    """(training images, validation images or None) as train.py uses them.
+
+    Validation is DATASETS.VAL (its first name) when given. Otherwise DATASETS.VAL_FRACTION of the training
+    images are held out (`ssd.data.split`): the training set is then the rest, and the validation set the
+    same images with the test-time pipeline (no augmentation, difficult boxes kept). DATASETS.TEST is never
+    used for validation. VAL empty and VAL_FRACTION 0: no validation.
+    """
+    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    if cfg.DATASETS.VAL:
+        names = tuple(cfg.DATASETS.VAL)
+        if len(names) > 1:
+            logger.warning("Validating on %s only (the first of DATASETS.VAL %s)", names[0], names)
+        return train, build_dataset(cfg, [names[0]], is_train=False)
+    if not _holds_out_validation(cfg, len(train)):
+        if cfg.DATASETS.VAL_FRACTION <= 0:
+            logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
+        return train, None
+    train_split, _ = split_for_validation(train, cfg.DATASETS.VAL_FRACTION)
+    _, val_split = split_for_validation(
+        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), cfg.DATASETS.VAL_FRACTION
+    )
+    logger.info(
+        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g, chosen by "
+        "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
+        "other %d. DATASETS.TEST is not used before the final evaluation.",
+        len(val_split), len(train), cfg.DATASETS.VAL_FRACTION, len(train_split),
+    )  # fmt: skip
+    return train_split, val_split
+
+
+def build_train_loader(cfg, start_iter: int = 0, dataset: Dataset | None = None) -> DataLoader:
     """Endless training loader: yields SOLVER.MAX_ITER - start_iter batches of SOLVER.BATCH_SIZE images.
 
     Deterministic given SEED (whatever DATA_LOADER.NUM_WORKERS is), and resuming at `start_iter` continues
     the data order of an uninterrupted run. In distributed mode every process gets its own share.
-    `loader.dataset.dataset` is the detection dataset (`loader.dataset.class_names` is forwarded).
+    `dataset`: the training images (default: all of DATASETS.TRAIN; train.py passes the images left after
+    the validation split, `build_train_val_datasets`). `loader.dataset.dataset` is the detection dataset
+    (`loader.dataset.class_names` is forwarded).
     """
-    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    if dataset is None:
+        dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     seed = _resolve_seed(cfg.SEED)
     rank, world_size = distributed_rank_and_size()
     batch_sampler = IterationBatchSampler(

@@ -282,6 +282,8 @@ class NormalizeToTensor:
 
 
 AUGMENTATIONS = ("ssd", "crop", "light", "none")
+# INPUT.AUGMENTATION may also be "auto": train.py replaces it by "ssd" or "crop" from the training boxes
+# (ssd.modeling.prior_fitting.choose_augmentation) before any pipeline is built.
 
 
 def build_transforms(
@@ -302,10 +304,17 @@ def build_transforms(
         callable `(image uint8 (H, W, 3) RGB, boxes_xyxy float32 (G, 4) pixels, labels (G,)[, rng])` ->
         `(image (3, S, S) float32, boxes_norm float32 (G, 4), labels int64 (G,))`, S = image_size.
     """
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"INPUT.AUGMENTATION must be one of {AUGMENTATIONS}, got {augmentation!r}")
     resize_and_normalize = [ToPercentCoords(), Resize(image_size), NormalizeToTensor(pixel_mean)]
-    if not is_train or augmentation == "none":
+    if not is_train:
+        return Compose(resize_and_normalize)
+    if augmentation not in AUGMENTATIONS:
+        hint = (
+            " ('auto' is resolved from the training boxes by train.py first)"
+            if augmentation == "auto"
+            else ""
+        )
+        raise ValueError(f"INPUT.AUGMENTATION must be one of {AUGMENTATIONS}, got {augmentation!r}{hint}")
+    if augmentation == "none":
         return Compose(resize_and_normalize)
     if augmentation == "light":
         return Compose([PhotometricDistort(), RandomMirror(), *resize_and_normalize])

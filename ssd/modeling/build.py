@@ -66,6 +66,31 @@ def check_backbone(cfg: CfgNode, shapes: list[tuple[int, int, int]]) -> None:
         )
 
 
+def build_backbone(cfg: CfgNode, pretrained: bool, stride8_map: bool) -> nn.Module:
+    """The backbone named by MODEL.BACKBONE.NAME at INPUT.IMAGE_SIZE (WIDTH_MULT applied).
+
+    Raises:
+        ConfigError: `stride8_map` for a backbone that has no stride-8 option.
+    """
+    backbone_cfg = cfg.MODEL.BACKBONE
+    builder = BACKBONES.get_builder(backbone_cfg.NAME)
+    # stride8_map is passed only when set, so builders that do not offer it keep the 3-argument signature.
+    options = {"stride8_map": True} if stride8_map else {}
+    if options and "stride8_map" not in inspect.signature(builder).parameters:
+        raise ConfigError(
+            f"MODEL.BACKBONE.STRIDE8_MAP is True but backbone {backbone_cfg.NAME!r} has no stride-8 "
+            "option (the MobileNets have; VGG's first map, conv4_3, already has stride 8)"
+        )
+    return builder(
+        image_size=cfg.INPUT.IMAGE_SIZE, pretrained=pretrained, width_mult=backbone_cfg.WIDTH_MULT, **options
+    )
+
+
+def backbone_feature_shapes(cfg: CfgNode, stride8_map: bool) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of each map the configured backbone emits (no weights are loaded)."""
+    return feature_map_shapes(build_backbone(cfg, False, stride8_map), cfg.INPUT.IMAGE_SIZE)
+
+
 def build_detection_model(cfg: CfgNode) -> SSDDetector:
     """Build the SSD described by `cfg` (MODEL.*, INPUT.IMAGE_SIZE, TEST.*).
 
@@ -79,21 +104,14 @@ def build_detection_model(cfg: CfgNode) -> SSDDetector:
     """
     model_cfg, priors_cfg = cfg.MODEL, cfg.MODEL.PRIORS
     image_size = cfg.INPUT.IMAGE_SIZE
-
-    builder = BACKBONES.get_builder(model_cfg.BACKBONE.NAME)
-    # STRIDE8_MAP is passed only when set, so builders that do not offer it keep the 3-argument signature.
-    options = {"stride8_map": True} if model_cfg.BACKBONE.STRIDE8_MAP else {}
-    if options and "stride8_map" not in inspect.signature(builder).parameters:
+    if priors_cfg.AUTO:
         raise ConfigError(
-            f"MODEL.BACKBONE.STRIDE8_MAP is True but backbone {model_cfg.BACKBONE.NAME!r} has no stride-8 "
-            "option (the MobileNets have; VGG's first map, conv4_3, already has stride 8)"
+            "MODEL.PRIORS.AUTO is True: the priors must be fitted to the training boxes before the model is "
+            "built (train.py and test.py do it; in your own code call "
+            "ssd.modeling.prior_fitting.resolve_auto_priors(cfg, training_dataset), or use the config.yaml "
+            "that train.py wrote into OUTPUT_DIR, which holds the fitted values)"
         )
-    backbone = builder(
-        image_size=image_size,
-        pretrained=model_cfg.BACKBONE.PRETRAINED,
-        width_mult=model_cfg.BACKBONE.WIDTH_MULT,
-        **options,
-    )
+    backbone = build_backbone(cfg, model_cfg.BACKBONE.PRETRAINED, model_cfg.BACKBONE.STRIDE8_MAP)
     check_backbone(cfg, feature_map_shapes(backbone, image_size))
 
     predictor = BOX_PREDICTORS.get_builder(model_cfg.BOX_HEAD.PREDICTOR)(

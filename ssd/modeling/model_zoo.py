@@ -29,6 +29,7 @@ from ssd.data.datasets.base import BACKGROUND
 from ssd.data.datasets.synthetic import SHAPE_CLASSES
 from ssd.data.datasets.voc import VOC_CLASSES
 from ssd.modeling.build import build_detection_model
+from ssd.modeling.prior_fitting import resolve_priors_for_inference
 from ssd.modeling.weights import (
     WeightsError,
     convert_lufficc,
@@ -198,7 +199,7 @@ class LoadedDetector:
     device: torch.device
 
 
-def _read_metadata(path: Path) -> dict:
+def read_checkpoint_metadata(path: Path) -> dict:
     """The non-tensor entries of a checkpoint dict ("config", "class_names", ...); {} for a bare state dict."""
     try:  # mmap: the tensors are not read, so this costs nothing even for a 200 MB file
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -252,7 +253,7 @@ def load_detector(
     else:
         state_dict = read_state_dict(ckpt)  # raises WeightsError naming a missing or unreadable file
         if not ckpt.startswith(("http://", "https://")):
-            metadata = _read_metadata(Path(ckpt).expanduser())
+            metadata = read_checkpoint_metadata(Path(ckpt).expanduser())
             beside = Path(ckpt).expanduser().with_suffix(".yaml")
             if config_file is None and beside.is_file():
                 config_file = beside
@@ -272,6 +273,7 @@ def load_detector(
     else:
         cfg = load_config(config_file, overrides, freeze=True)
 
+    cfg = resolve_priors_for_inference(cfg, metadata.get("config"))
     model = build_detection_model(cfg)
     report = load_matching(model, state_dict, ckpt)  # fp16 tensors are cast to the model's float32
     if report.shape_mismatch or report.missing or report.unexpected:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ssd.data.datasets.base import DetectionDataset, Transform
 from ssd.data.datasets.coco import COCODataset
-from ssd.data.datasets.csv_dataset import CSVDataset
+from ssd.data.datasets.csv_dataset import COORDINATE_CONVENTIONS, CSVDataset
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.datasets.voc import VOC_CLASSES, VOCDataset
 from ssd.data.datasets.xml_folder import XMLFolderDataset
@@ -55,7 +55,7 @@ REGISTER_FORMATS = {
     "voc": "voc:ROOT:SPLIT",
     "xml_folder": "xml_folder:DIR",
     "coco": "coco:JSON:IMAGE_DIR",
-    "csv": "csv:CSV:IMAGE_DIR",
+    "csv": "csv:CSV:IMAGE_DIR[:zero_based|one_based]",
     "synthetic": "synthetic:NUM_IMAGES:SEED[:IMAGE_SIZE]",
 }
 
@@ -86,10 +86,18 @@ def register_xml_folder(name: str, folder: str | Path, class_names: Sequence[str
 
 
 def register_csv(
-    name: str, csv_file: str | Path, image_dir: str | Path, class_names: Sequence[str] | None = None
+    name: str,
+    csv_file: str | Path,
+    image_dir: str | Path,
+    class_names: Sequence[str] | None = None,
+    one_based: bool = False,
 ):
-    """A CSV file `filename,width,height,class,xmin,ymin,xmax,ymax` and an image folder."""
-    register_dataset(name, partial(CSVDataset, csv_file, image_dir, tuple(class_names or ()) or None))
+    """A CSV file `filename,width,height,class,xmin,ymin,xmax,ymax` and an image folder; `one_based` for
+    corners copied from VOC XML (1-based pixel indices), see csv_dataset.py."""
+    register_dataset(
+        name,
+        partial(CSVDataset, csv_file, image_dir, tuple(class_names or ()) or None, one_based=one_based),
+    )
 
 
 def register_synthetic(name: str, num_images: int, seed: int, image_size: int = 300) -> None:
@@ -115,7 +123,7 @@ def register_from_config(entries: Sequence[str], class_names: Sequence[str] = ()
         kind, _, args_text = rest.partition(":")
         args = args_text.split(":") if args_text else []
         expected = REGISTER_FORMATS.get(kind)
-        arity = {"voc": (2,), "xml_folder": (1,), "coco": (2,), "csv": (2,), "synthetic": (2, 3)}.get(
+        arity = {"voc": (2,), "xml_folder": (1,), "coco": (2,), "csv": (2, 3), "synthetic": (2, 3)}.get(
             kind, ()
         )
         if not name or expected is None or len(args) not in arity:
@@ -130,7 +138,13 @@ def register_from_config(entries: Sequence[str], class_names: Sequence[str] = ()
         elif kind == "coco":
             register_coco_instances(name, args[0], args[1])
         elif kind == "csv":
-            register_csv(name, args[0], args[1], class_names)
+            convention = args[2] if len(args) == 3 else "zero_based"
+            if convention not in COORDINATE_CONVENTIONS:
+                raise ValueError(
+                    f"DATASETS.REGISTER entry {entry!r}: the last field says how the CSV counts pixels and must "
+                    f"be one of {', '.join(COORDINATE_CONVENTIONS)}, got {convention!r}"
+                )
+            register_csv(name, args[0], args[1], class_names, one_based=convention == "one_based")
         else:
             register_synthetic(name, *(int(a) for a in args))
         names.append(name)

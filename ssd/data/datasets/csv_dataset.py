@@ -1,8 +1,14 @@
 """A CSV file of boxes plus a folder of images.
 
 Format: a header `filename,width,height,class,xmin,ymin,xmax,ymax`, then one row per box; `filename` is
-relative to the image folder, boxes are 0-based pixel corners (no shift). An image without objects is a row
-whose `class` and coordinates are empty. Images appear in the order of their first row.
+relative to the image folder. An image without objects is a row whose `class` and coordinates are empty.
+Images appear in the order of their first row.
+
+Coordinates: by default 0-based pixel corners, used as they are. Many CSV files are converted from VOC XML
+(labelImg, Roboflow and the popular `xml_to_csv` scripts copy the XML numbers), and so keep VOC's 1-based
+pixel indices; say so with `one_based=True` (`"name:csv:CSV:IMAGE_DIR:one_based"` in DATASETS.REGISTER) and
+1 is subtracted from all four numbers, exactly as the VOC reader does, so the CSV gives the same boxes as
+the XML files it came from.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from ssd.data.datasets.base import DetectionDataset, Transform, make_record
 from ssd.data.datasets.voc import class_maps
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
+COORDINATE_CONVENTIONS = ("zero_based", "one_based")  # the optional last field of a DATASETS.REGISTER entry
 
 
 class CSVDataset(DetectionDataset):
@@ -25,6 +32,7 @@ class CSVDataset(DetectionDataset):
         image_dir: folder the file names are relative to.
         class_names: classes without background in label order; None = the sorted names in the file.
         transform, is_train: see `DetectionDataset`.
+        one_based: the corners are VOC's 1-based pixel indices (1 is subtracted); False = 0-based corners.
     """
 
     def __init__(
@@ -34,6 +42,7 @@ class CSVDataset(DetectionDataset):
         class_names: Sequence[str] | None = None,
         transform: Transform | None = None,
         is_train: bool = False,
+        one_based: bool = False,
     ) -> None:
         self.csv_file, self.image_dir = Path(csv_file), Path(image_dir)
         if not self.csv_file.is_file():
@@ -65,7 +74,8 @@ class CSVDataset(DetectionDataset):
                     raise ValueError(
                         f"unknown class {row['class']!r}; known classes: {', '.join(class_to_label)}"
                     )
-                image["boxes"].append([float(row[key]) for key in ("xmin", "ymin", "xmax", "ymax")])
+                shift = 1.0 if one_based else 0.0  # VOC's 1-based pixel indices -> 0-based corners
+                image["boxes"].append([float(row[key]) - shift for key in ("xmin", "ymin", "xmax", "ymax")])
                 image["labels"].append(class_to_label[row["class"]])
             except ValueError as error:
                 raise ValueError(f"{self.csv_file}, line {line}: {error}") from None
