@@ -17,7 +17,7 @@ from ssd.config import load_config
 from ssd.engine.checkpoint import LAST_CHECKPOINT
 from ssd.engine.inference import evaluate_on_test_datasets
 from ssd.modeling import build_detection_model
-from ssd.modeling.model_zoo import read_checkpoint_metadata
+from ssd.modeling.model_zoo import bundled_file, read_checkpoint_metadata
 from ssd.modeling.prior_fitting import resolve_priors_for_inference
 from ssd.modeling.weights import load_model_weights
 from ssd.utils import dist as dist_utils
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     if (
         cfg.MODEL.PRIORS.AUTO
     ):  # the priors the weights were trained with (stored in the checkpoint, or refitted)
-        stored = read_checkpoint_metadata(Path(ckpt)).get("config") if Path(ckpt).is_file() else None
+        path = bundled_file(ckpt) or Path(ckpt)
+        stored = read_checkpoint_metadata(path).get("config") if path.is_file() else None
         cfg = resolve_priors_for_inference(cfg, stored)
     model = build_detection_model(cfg)
     load_model_weights(model, ckpt, strict=True)

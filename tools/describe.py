@@ -24,6 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 from ssd.config import load_config  # noqa: E402
 from ssd.modeling import build_detection_model  # noqa: E402
 from ssd.modeling.build import feature_map_shapes  # noqa: E402
+from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import priors_per_location  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def describe(config_file: str | None, opts: list[str]) -> str:
     """The report for a config, as printed by the command line."""
     # Weights do not change shapes or counts; never download ImageNet weights just to describe a model.
     cfg = load_config(config_file, [*opts, "MODEL.BACKBONE.PRETRAINED", "False"])
+    cfg = resolve_priors_for_inference(cfg)  # MODEL.PRIORS.AUTO: the priors fitted to DATASETS.TRAIN
     model = build_detection_model(cfg).eval()
     size = cfg.INPUT.IMAGE_SIZE
     priors = cfg.MODEL.PRIORS

@@ -28,6 +28,7 @@ from ssd.config import load_config  # noqa: E402
 from ssd.data.datasets import get_dataset, register_from_config  # noqa: E402
 from ssd.data.transforms import build_transforms  # noqa: E402
 from ssd.modeling.box_coder import match  # noqa: E402
+from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import make_priors, priors_per_location  # noqa: E402
 from ssd.structures.boxes import box_iou, cxcywh_to_xyxy  # noqa: E402
 from ssd.utils.visualize import color_for_label, draw_boxes, put_title, write_image  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config_file, args.opts)
+    cfg = resolve_priors_for_inference(load_config(args.config_file, args.opts))  # AUTO: fitted priors
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     size = cfg.INPUT.IMAGE_SIZE
     dataset = get_dataset(args.dataset, data_root=cfg.DATASETS.DATA_ROOT or None)

@@ -25,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from ssd.config import load_config  # noqa: E402
 from ssd.data.datasets.base import read_image_rgb  # noqa: E402
+from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import make_priors, priors_per_location  # noqa: E402
 from ssd.structures.boxes import cxcywh_to_xyxy  # noqa: E402
 from ssd.utils.visualize import color_for_label, draw_boxes, put_title, write_image  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config_file, args.opts)
+    cfg = resolve_priors_for_inference(load_config(args.config_file, args.opts))  # AUTO: fitted priors
     p = cfg.MODEL.PRIORS
     size = cfg.INPUT.IMAGE_SIZE
     priors_xyxy = cxcywh_to_xyxy(

@@ -75,8 +75,9 @@ _C.MODEL.PRIORS.MAX_SIZES = [60, 111, 162, 213, 264, 315]
 # Aspect ratios per level; each r adds a 1:r and an r:1 prior (so [2, 3] adds four priors).
 _C.MODEL.PRIORS.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
 # Priors per feature-map cell on each level: 2 + 2 * len(ASPECT_RATIOS[level]).
-# constraint: derived; leave empty to compute it, or give the values and they are checked.
-_C.MODEL.PRIORS.BOXES_PER_LOCATION = [4, 6, 6, 6, 4, 4]
+# constraint: derived; empty (the default) computes it from ASPECT_RATIOS (for the default ratios, lufficc's
+# [4, 6, 6, 6, 4, 4]), so a config that changes the ratios need not repeat it; given values are checked.
+_C.MODEL.PRIORS.BOXES_PER_LOCATION = []
 # Clamp the centre-form priors (cx, cy, w, h) to [0, 1], as lufficc/SSD and Caffe SSD do.
 _C.MODEL.PRIORS.CLIP = True
 # (new) Fit the priors to the training boxes before training (ssd/modeling/prior_fitting.py): the backbone's

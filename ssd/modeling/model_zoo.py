@@ -183,9 +183,19 @@ def load_zoo_state_dict(name: str) -> dict[str, Tensor]:
 
 # ----- a ready-to-run detector from a --config-file / --ckpt pair (demo.py, tools/export.py) -----------
 
-# The model shipped in the repository, trained on the synthetic shapes by configs/shapes_bundled.yaml and
-# packaged by models/bundle.py (weights in float16, its config in models/shapes_ssdlite.yaml).
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "shapes_ssdlite.pth"
+# The models shipped in the repository (models/, packaged by models/bundle.py: float16 weights, the config
+# beside each file as .yaml). `--ckpt NAME` and MODEL.WEIGHTS NAME accept their names, like the zoo's.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+BUNDLED_MODELS: dict[str, str] = {
+    "shapes_ssdlite": "synthetic shapes, trained by configs/shapes_bundled.yaml (what `python demo.py` runs)",
+    "bccd_ssdlite": "BCCD blood cells, trained by configs/examples/bccd.yaml (the short path, fitted priors)",
+}
+BUNDLED_CHECKPOINT = MODELS_DIR / "shapes_ssdlite.pth"
+
+
+def bundled_file(name: str | Path) -> Path | None:
+    """models/<name>.pth for a bundled model's name, else None."""
+    return MODELS_DIR / f"{name}.pth" if isinstance(name, str) and name in BUNDLED_MODELS else None
 
 
 @dataclass
@@ -244,6 +254,7 @@ def load_detector(
         ConfigError: no config found, or a bad config / override.
     """
     ckpt = str(ckpt) if ckpt is not None else str(BUNDLED_CHECKPOINT)
+    ckpt = str(bundled_file(ckpt) or ckpt)
     metadata: dict = {}
     if is_zoo_name(ckpt):
         entry = get_entry(ckpt)

@@ -132,6 +132,9 @@ def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
 
     if model_zoo.is_zoo_name(source):  # e.g. MODEL.WEIGHTS vgg_ssd300_voc0712: downloaded and converted
         return model_zoo.load_zoo_state_dict(source)
+    source = str(
+        model_zoo.bundled_file(source) or source
+    )  # e.g. --ckpt bccd_ssdlite: models/bccd_ssdlite.pth
     if source.startswith(("http://", "https://")):
         content = _load_url(source)
     else:
