@@ -38,6 +38,7 @@ TINY = [
     "DATASETS.REGISTER", "('tiny_train:synthetic:32:7:96', 'tiny_val:synthetic:8:8:96')",
     "DATASETS.TRAIN", "('tiny_train',)",
     "DATASETS.TEST", "()",
+    "DATASETS.VAL_FRACTION", "0.0",  # no validation unless a test asks for it
     "DATA_LOADER.NUM_WORKERS", "0",
     "SOLVER.BATCH_SIZE", "4",
     "SOLVER.WARMUP_ITERS", "2",
