@@ -8,12 +8,21 @@ package relies on (docs/contracts.md, "Datasets") is implemented here once:
   (`num_clipped_boxes`, `num_dropped_boxes`) and reported once per dataset with one logging.warning;
 - training datasets (`is_train=True`) drop `difficult` boxes before the transform; evaluation keeps them
   (with the flag), so the VOC metric can ignore them;
+- every image file is checked when the dataset is built, from its header only (cheap): a missing or unreadable
+  file stops construction with one `DatasetError` naming every bad file; an image whose annotated size differs
+  from the file's is given the file's size (boxes are kept as written, in pixels of the file), and the
+  mismatches are counted (`num_size_mismatches`) and reported with one logging.warning. `verify_images()`
+  decodes every image in full, for the rarer damage a header does not show (DATASETS.CHECK_IMAGES);
 - images are decoded with OpenCV into uint8 (H, W, 3) RGB; an unreadable file raises an error naming it.
+
+Image paths written in annotation files go through `image_path_inside`, which refuses absolute paths and
+`..`, so an annotation file cannot make training read a file outside its dataset folder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +39,37 @@ BACKGROUND = "__background__"
 # (image uint8 (H, W, 3), boxes_xyxy float32 (G, 4) pixels, labels int64 (G,))
 #   -> (image (3, S, S) float32, boxes_norm (G, 4) float32, labels (G,) int64)
 Transform = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+# EXIF orientations that turn the picture by 90 degrees: OpenCV applies them when decoding, so the decoded
+# image is the header's height x width transposed.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSED = (5, 6, 7, 8)
+_MAX_NAMED = 5  # files named in one error or warning message
+
+
+class DatasetError(ValueError):
+    """Bad annotation or image data; the message names the file (and line, annotation or value) and the fix."""
+
+
+def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
+    """`image_root / name` for an image path written in an annotation file, refusing any path that leaves
+    `image_root` (an absolute path, or one whose `..` climb above it after normalisation).
+
+    The check is on the text (lexical), so symbolic links inside the dataset folder keep working.
+
+    Args:
+        image_root: the folder the annotation's paths are relative to.
+        name: the path as written in the annotation file.
+        source: where `name` was read (file, line or annotation id), for the error message.
+    """
+    name = str(name).strip()
+    normalised = Path(os.path.normpath(name)) if name else Path(".")
+    if not name or Path(name).anchor or normalised.parts[:1] in (("..",), ()):
+        raise DatasetError(
+            f"{source}: image path {name!r} does not name a file inside the image folder {image_root} "
+            "(empty, absolute and '..' paths are refused); write it relative to that folder"
+        )
+    return Path(image_root) / normalised
 
 
 def make_record(
@@ -75,7 +116,24 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
 
 
 def image_size_from_file(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, for annotations that do not state it (decodes the image)."""
+    """(height, width) of an image file as `read_image_rgb` will decode it, read from the header when Pillow
+    can (fast, the pixels are not decoded), else by decoding the file with OpenCV.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OSError: neither Pillow nor OpenCV can read it (corrupt, or not an image); the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION) in _EXIF_TRANSPOSED:
+                width, height = height, width
+        return height, width
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        pass  # a format Pillow does not know, or a damaged header: let OpenCV decide
     height, width = read_image_rgb(path).shape[:2]
     return height, width
 
@@ -89,8 +147,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         transform: called as `transform(image, boxes_xyxy, labels[, rng=...])`, see `Transform`;
             None returns the decoded uint8 image as a (3, H, W) tensor and relative boxes (for looking at data).
         is_train: training datasets drop `difficult` boxes before the transform.
-        name: used in the warning about clipped / dropped boxes.
+        name: used in the warnings and errors about this dataset.
+
+    Raises:
+        DatasetError: image files are missing or unreadable (`reads_image_files` datasets); all are named.
     """
+
+    # False for datasets whose `load_image` makes images instead of reading `file_name` (synthetic.py).
+    reads_image_files = True
 
     def __init__(
         self,
@@ -111,6 +175,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.num_dropped_boxes = 0
         self.clipped_box_files: list[str] = []  # files with at least one clipped box
         self.dropped_box_files: list[str] = []  # files with at least one dropped box
+        self.num_size_mismatches = 0
+        self.size_mismatch_files: list[str] = []  # "file: annotated WxH, file WxH"
+        if self.reads_image_files:
+            records = self._check_image_files(records)
         self._records = [self._check_boxes(record) for record in records]
         for record in self._records:  # get_annotation hands out the cached arrays: make them read-only
             for key in ("boxes_xyxy", "labels", "difficult"):
@@ -168,7 +236,70 @@ class DetectionDataset(torch.utils.data.Dataset):
             image_t, boxes_t, labels_t = self.transform(image, boxes_xyxy, labels, rng=rng)
         return image_t, {"boxes_norm": boxes_t, "labels": labels_t}, index
 
-    # ----- box checks -----------------------------------------------------------------------------------
+    def verify_images(self) -> None:
+        """Decode every image once; raise one DatasetError naming every file that cannot be decoded.
+
+        The header check at construction finds missing files, files that are not images and wrong sizes;
+        this finds damage further inside a file (a truncated PNG, say), which would otherwise stop a run
+        when the image is first loaded, possibly hours in. Costs one full decode per image.
+        """
+        bad = []
+        for index in range(len(self)):
+            try:
+                self.load_image(index)
+            except OSError as error:  # FileNotFoundError included
+                bad.append(str(error))
+        if bad:
+            raise DatasetError(
+                f"{self.name}: {len(bad)} of {len(self)} images cannot be decoded: "
+                + "; ".join(bad[:_MAX_NAMED])
+                + (f"; ... ({len(bad) - _MAX_NAMED} more)" if len(bad) > _MAX_NAMED else "")
+                + ". Replace these files or remove them from the annotations."
+            )
+
+    # ----- image and box checks -------------------------------------------------------------------------
+
+    def _check_image_files(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Read every image's size from its file; the file's size replaces a different annotated one.
+
+        An annotated size of 0 means "not stated" (some labelling tools write <size> 0) and is filled in
+        silently. Boxes are kept as written: they are taken to be pixels of the file, as labelling tools
+        write them; only the size field (used to clip boxes and to scale detections back) is corrected.
+        """
+        checked, unreadable = [], []
+        for record in records:
+            try:
+                height, width = image_size_from_file(record["file_name"])
+            except OSError as error:  # FileNotFoundError included
+                unreadable.append(str(error))
+                continue
+            annotated = (record["height"], record["width"])
+            if annotated != (height, width):
+                if annotated != (0, 0) and 0 not in annotated:
+                    self.num_size_mismatches += 1
+                    self.size_mismatch_files.append(
+                        f"{Path(record['file_name']).name}: annotated {annotated[1]}x{annotated[0]}, "
+                        f"file {width}x{height}"
+                    )
+                record = {**record, "height": height, "width": width}
+            checked.append(record)
+        if unreadable:
+            raise DatasetError(
+                f"{self.name}: {len(unreadable)} of {len(records)} image files cannot be read: "
+                + "; ".join(unreadable[:_MAX_NAMED])
+                + (f"; ... ({len(unreadable) - _MAX_NAMED} more)" if len(unreadable) > _MAX_NAMED else "")
+                + ". Add or replace these files, or remove them from the annotations."
+            )
+        if self.num_size_mismatches:
+            logger.warning(
+                "%s: %d images have an annotated size (width x height) that differs from the image file; "
+                "using the file's size, boxes kept as written. If the images were resized after labelling, "
+                "the boxes are wrong too: re-export the annotations. E.g. %s",
+                self.name,
+                self.num_size_mismatches,
+                "; ".join(self.size_mismatch_files[:_MAX_NAMED]),
+            )
+        return checked
 
     def _check_boxes(self, record: dict[str, Any]) -> dict[str, Any]:
         """Clip boxes to the image, drop degenerate ones; count both (files kept for the report)."""
