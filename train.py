@@ -25,11 +25,18 @@ from torch import nn
 from yacs.config import CfgNode
 
 from ssd.config import ConfigError, load_config
-from ssd.engine.checkpoint import Checkpointer, CheckpointError, restore_rng_state, unwrap
+from ssd.data.datasets.base import DatasetError
+from ssd.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    NonFiniteWeightsError,
+    restore_rng_state,
+    unwrap,
+)
 from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
 from ssd.engine.writers import build_writers
 from ssd.modeling.weights import WeightsError, load_model_weights
-from ssd.solver import build_lr_scheduler, build_optimizer
+from ssd.solver import apply_solver_config, build_lr_scheduler, build_optimizer, changed_solver_keys
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
@@ -37,7 +44,7 @@ from ssd.utils.logging import setup_logger
 logger = logging.getLogger("ssd.train")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "shapes_mobilenet_v2_ssdlite.yaml"
-EXIT_NON_FINITE = 3  # exit status when the loss became NaN/inf (1 is any other error)
+EXIT_NON_FINITE = 3  # exit status when the loss or the weights became NaN/inf (1 is any other error)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,7 +117,7 @@ def build_validator(cfg: CfgNode, device: torch.device):
     process's results are broadcast so every process takes the same best/early-stop decisions. Returns None
     when there is no validation dataset.
     """
-    from ssd.data.build import build_dataset, build_test_loader
+    from ssd.data.build import build_dataset, build_test_loader, check_num_classes
     from ssd.engine.inference import compute_validation_loss, inference_on_dataset
     from ssd.evaluation import build_evaluator, flatten_results
 
@@ -120,6 +127,7 @@ def build_validator(cfg: CfgNode, device: torch.device):
     if len(names) > 1:
         logger.warning("Validating on %s only (the first of %s)", names[0], names)
     dataset = build_dataset(cfg, [names[0]], is_train=False)
+    check_num_classes(cfg.MODEL.NUM_CLASSES, dataset.class_names, names[0])
     loader = build_test_loader(cfg, dataset)
     evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=names[0], analysis=False)
 
@@ -140,6 +148,28 @@ def initialise_weights(model: nn.Module, weights: str) -> None:
     load_model_weights(model, weights)
 
 
+def resume_with_config(cfg: CfgNode, checkpoint: dict, optimizer, scheduler) -> set[str]:
+    """After --resume: apply this config's SOLVER values over the restored ones; returns the changed keys.
+
+    Loading restores the old learning rate, momentum, weight decay and schedule with the optimizer and
+    scheduler state; a changed value (`--resume ... SOLVER.LR 1e-4` after a divergence) would be ignored
+    otherwise. Each change is logged. A changed SOLVER.OPTIMIZER is refused: the saved optimizer state
+    belongs to the other optimizer.
+    """
+    changed = changed_solver_keys(checkpoint.get("config", ""), cfg)
+    if "SOLVER.OPTIMIZER" in changed:
+        old, new = changed["SOLVER.OPTIMIZER"]
+        raise ConfigError(
+            f"--resume with SOLVER.OPTIMIZER {new}, but the checkpoint was trained with {old}, whose state "
+            f"cannot carry over: resume with SOLVER.OPTIMIZER {old}, or start a new run from its weights "
+            "(MODEL.WEIGHTS PATH, without --resume)"
+        )
+    apply_solver_config(cfg, optimizer, scheduler)
+    for key, (old, new) in changed.items():
+        logger.info("Resume: %s changed from %s (checkpoint) to %s: the new value applies", key, old, new)
+    return set(changed)
+
+
 def run(args: argparse.Namespace) -> int:
     opts = overrides(args)
     cfg = load_config(args.config_file, opts)
@@ -147,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.dump())
         return 0
 
-    from ssd.data.build import build_train_loader  # heavy imports after the cheap --print-config
+    from ssd.data.build import build_train_loader, check_num_classes  # heavy imports after --print-config
     from ssd.engine.inference import evaluate_on_test_datasets
     from ssd.modeling import build_detection_model
 
@@ -178,7 +208,15 @@ def run(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP and device.type == "cuda")
-    checkpointer = Checkpointer(model, output_dir, optimizer, scheduler, scaler, config_yaml=cfg.dump())
+    checkpointer = Checkpointer(
+        model,
+        output_dir,
+        optimizer,
+        scheduler,
+        scaler,
+        config_yaml=cfg.dump(),
+        max_to_keep=cfg.SOLVER.MAX_TO_KEEP,
+    )
     tracker = None
     if cfg.SOLVER.BEST_METRIC:
         tracker = BestMetricTracker(
@@ -187,8 +225,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Resume: weights, optimizer, schedule, scaler, best metric; then the data loader continues at start_iter.
     checkpoint: dict = {}
+    changed: set[str] = set()
     if args.resume:
         checkpoint = checkpointer.resume()
+        if checkpoint:
+            changed = resume_with_config(cfg, checkpoint, optimizer, scheduler)
     elif checkpointer.last_checkpoint() is not None:
         logger.warning(
             "%s already holds a run; starting from scratch replaces its checkpoints and metrics.json "
@@ -197,8 +238,12 @@ def run(args: argparse.Namespace) -> int:
         )
     start_iter = int(checkpoint.get("iteration", 0))
     if tracker is not None and "best" in checkpoint:
-        tracker.load_state_dict(checkpoint["best"])
+        if changed & {"SOLVER.BEST_METRIC", "SOLVER.BEST_MODE"}:  # the saved best is of another metric
+            logger.info("Resume: the best-metric record restarts (SOLVER.BEST_METRIC or BEST_MODE changed)")
+        else:
+            tracker.load_state_dict(checkpoint["best"])
     train_loader = build_train_loader(cfg, start_iter=start_iter)
+    check_num_classes(cfg.MODEL.NUM_CLASSES, train_loader.dataset.class_names, ", ".join(cfg.DATASETS.TRAIN))
     validate = build_validator(cfg, device)
     writers = build_writers(cfg, cfg.SOLVER.MAX_ITER, start_iter)
     if checkpoint:
@@ -234,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, NonFiniteWeightsError) as err:
         logger.error("%s", err)
         return EXIT_NON_FINITE
-    except (ConfigError, CheckpointError, WeightsError) as err:
+    except (ConfigError, CheckpointError, WeightsError, DatasetError) as err:
         logger.error("%s", err)  # before setup_logger, Python's last-resort handler prints it to stderr
         return 1
     finally:

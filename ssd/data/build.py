@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
 
-from ssd.data.datasets.base import DetectionDataset
+from ssd.config.loading import ConfigError
+from ssd.data.datasets.base import DatasetError, DetectionDataset
 from ssd.data.datasets.catalog import get_dataset, register_from_config
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
 from ssd.data.transforms import build_transforms
@@ -73,7 +74,11 @@ class DetectionConcatDataset(ConcatDataset):
 
 def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset | DetectionConcatDataset:
     """The datasets called `names` (DATASETS.REGISTER entries registered first) with the pipeline of
-    `build_transforms`; several names give one `DetectionConcatDataset` (same classes required)."""
+    `build_transforms`; several names give one `DetectionConcatDataset` (same classes required).
+
+    Raises:
+        DatasetError: a dataset is empty, or (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
+    """
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     if isinstance(names, str):
         names = [names]
@@ -86,7 +91,30 @@ def build_dataset(cfg, names: Sequence[str], is_train: bool) -> DetectionDataset
     datasets = [
         get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names
     ]
+    key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST / DATASETS.VAL"
+    for name, dataset in zip(names, datasets, strict=True):
+        if len(dataset) == 0:
+            raise DatasetError(
+                f"dataset {name!r} ({key}) is empty: {getattr(dataset, 'name', name)} has no images; "
+                "check its annotation file or split"
+            )
+        if cfg.DATASETS.CHECK_IMAGES and hasattr(dataset, "verify_images"):
+            dataset.verify_images()
     return datasets[0] if len(datasets) == 1 else DetectionConcatDataset(datasets)
+
+
+def check_num_classes(num_classes: int, class_names: Sequence[str], dataset_name: str) -> None:
+    """Refuse a model whose MODEL.NUM_CLASSES differs from its dataset's classes (background included).
+
+    Fewer outputs than classes fail deep inside the loss ("Target 3 is out of bounds") and more outputs
+    silently train and predict classes that never occur; both are a config slip, named here.
+    """
+    if len(class_names) != num_classes:
+        shown = ", ".join(class_names[:6]) + (", ..." if len(class_names) > 6 else "")
+        raise ConfigError(
+            f"MODEL.NUM_CLASSES is {num_classes}, but dataset {dataset_name!r} has {len(class_names)} classes "
+            f"with background ({shown}): set MODEL.NUM_CLASSES {len(class_names)}"
+        )
 
 
 def collate_batch(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor], int]]) -> Batch:
