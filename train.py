@@ -153,17 +153,10 @@ def resume_with_config(cfg: CfgNode, checkpoint: dict, optimizer, scheduler) -> 
 
     Loading restores the old learning rate, momentum, weight decay and schedule with the optimizer and
     scheduler state; a changed value (`--resume ... SOLVER.LR 1e-4` after a divergence) would be ignored
-    otherwise. Each change is logged. A changed SOLVER.OPTIMIZER is refused: the saved optimizer state
-    belongs to the other optimizer.
+    otherwise. Each change is logged. (A changed SOLVER.OPTIMIZER was refused by `Checkpointer.load`: the
+    saved optimizer state belongs to the other optimizer.)
     """
     changed = changed_solver_keys(checkpoint.get("config", ""), cfg)
-    if "SOLVER.OPTIMIZER" in changed:
-        old, new = changed["SOLVER.OPTIMIZER"]
-        raise ConfigError(
-            f"--resume with SOLVER.OPTIMIZER {new}, but the checkpoint was trained with {old}, whose state "
-            f"cannot carry over: resume with SOLVER.OPTIMIZER {old}, or start a new run from its weights "
-            "(MODEL.WEIGHTS PATH, without --resume)"
-        )
     apply_solver_config(cfg, optimizer, scheduler)
     for key, (old, new) in changed.items():
         logger.info("Resume: %s changed from %s (checkpoint) to %s: the new value applies", key, old, new)

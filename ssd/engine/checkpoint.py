@@ -2,8 +2,9 @@
 
 A checkpoint is one `torch.save`d dict (docs/contracts.md):
 
-    {"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": GradScaler state, "iteration": int,
-     "config": the run's config as a YAML string, "rng": [per-rank RNG states], ...extra (e.g. "best")}
+    {"model": state_dict, "optimizer": ..., "optimizer_class": e.g. "SGD", "scheduler": ..., "scaler": GradScaler
+     state, "iteration": int, "config": the run's config as a YAML string, "rng": [per-rank RNG states],
+     ...extra (e.g. "best")}
 
 Files in OUTPUT_DIR: `model_{iteration:07d}.pth` (periodic), `model_best.pth`, `model_final.pth`, and the text file
 `last_checkpoint` holding the file name of the newest one; `--resume` continues from it.
@@ -275,6 +276,7 @@ class Checkpointer:
         }
         if self.optimizer is not None:
             checkpoint["optimizer"] = self.optimizer.state_dict()
+            checkpoint["optimizer_class"] = type(self.optimizer).__name__  # its state fits no other class
         if self.scheduler is not None:
             checkpoint["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
@@ -331,6 +333,14 @@ class Checkpointer:
                 f"{path} does not fit this model (to start from weights of another class count or backbone, "
                 f"use MODEL.WEIGHTS or --ckpt, which skip mismatched heads):\n{err}"
             ) from err
+        saved_class = checkpoint.get("optimizer_class")
+        if self.optimizer is not None and saved_class and saved_class != type(self.optimizer).__name__:
+            # SGD's state loaded into AdamW crashes at the first step; AdamW's into SGD is silently dropped.
+            raise CheckpointError(
+                f"{path} holds the state of a {saved_class} optimizer, but this run uses "
+                f"{type(self.optimizer).__name__} (SOLVER.OPTIMIZER): resume with SOLVER.OPTIMIZER "
+                f"{saved_class}, or start a new run from its weights (MODEL.WEIGHTS {path}, without --resume)"
+            )
         for key, target in (
             ("optimizer", self.optimizer),
             ("scheduler", self.scheduler),

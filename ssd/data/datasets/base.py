@@ -129,8 +129,12 @@ def image_size_from_file(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if image.getexif().get(_EXIF_ORIENTATION) in _EXIF_TRANSPOSED:
-                width, height = height, width
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION)
+            except Exception:  # noqa: BLE001 - damaged metadata further in the file: the header is what counts
+                orientation = None
+        if orientation in _EXIF_TRANSPOSED:
+            width, height = height, width
         return height, width
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
         pass  # a format Pillow does not know, or a damaged header: let OpenCV decide
