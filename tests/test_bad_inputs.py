@@ -575,6 +575,11 @@ def test_demo_goes_on_past_an_unreadable_image(tmp_path, capsys):
     "one line `test.py: ...`, exit status 1, no traceback",
 )
 @case(
+    "dataset-file-missing",
+    "a dataset's annotation file or folder that does not exist",
+    "error naming the path (train.py / test.py: one line, exit status 1)",
+)
+@case(
     "empty-dataset",
     "an empty dataset in DATASETS.TRAIN or DATASETS.TEST",
     "error naming the dataset (train.py: exit status 1; test.py: one line, exit status 1)",
@@ -598,6 +603,18 @@ def test_test_py_errors_are_one_line_and_empty_datasets_are_named(tmp_path):
             ]
         )
     assert str(err.value) == f"test.py: checkpoint not found: {tmp_path / 'nope.pth'}"
+
+    missing = (
+        "DATASETS.REGISTER",
+        f"('gone:csv:{tmp_path / 'gone.csv'}:{tmp_path}',)",
+        "DATASETS.TRAIN",
+        "('gone',)",
+    )
+    assert run_train(tmp_path / "gone", "SOLVER.MAX_ITER", "1", *missing) == 1
+    assert (
+        f"CSV annotation file not found: {tmp_path / 'gone.csv'}"
+        in (tmp_path / "gone" / "log.txt").read_text()
+    )
 
     (tmp_path / "empty.csv").write_text(HEADER)
     empty = ("DATASETS.REGISTER", f"('empty:csv:{tmp_path / 'empty.csv'}:{tmp_path}',)")

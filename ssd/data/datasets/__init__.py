@@ -1,6 +1,13 @@
 """Detection datasets (contract: docs/contracts.md, "Datasets") and the name catalog."""
 
-from ssd.data.datasets.base import BACKGROUND, DetectionDataset, make_record, read_image_rgb
+from ssd.data.datasets.base import (
+    BACKGROUND,
+    DatasetError,
+    DatasetFileNotFoundError,
+    DetectionDataset,
+    make_record,
+    read_image_rgb,
+)
 from ssd.data.datasets.catalog import (
     get_dataset,
     list_datasets,
@@ -22,6 +29,8 @@ __all__ = [
     "BACKGROUND",
     "COCODataset",
     "CSVDataset",
+    "DatasetError",
+    "DatasetFileNotFoundError",
     "DetectionDataset",
     "SHAPE_CLASSES",
     "SyntheticShapesDataset",

@@ -51,6 +51,10 @@ class DatasetError(ValueError):
     """Bad annotation or image data; the message names the file (and line, annotation or value) and the fix."""
 
 
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset file or folder that does not exist (both a DatasetError and a FileNotFoundError)."""
+
+
 def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
     """`image_root / name` for an image path written in an annotation file, refusing any path that leaves
     `image_root` (an absolute path, or one whose `..` climb above it after normalisation).
@@ -107,7 +111,7 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise DatasetFileNotFoundError(f"image file not found: {path}")
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
     if image is None:
@@ -125,7 +129,7 @@ def image_size_from_file(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise DatasetFileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             width, height = image.size

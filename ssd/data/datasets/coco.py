@@ -27,6 +27,7 @@ from typing import Any
 from ssd.data.datasets.base import (
     BACKGROUND,
     DatasetError,
+    DatasetFileNotFoundError,
     DetectionDataset,
     Transform,
     image_path_inside,
@@ -60,9 +61,9 @@ class COCODataset(DetectionDataset):
 
         self.json_file, self.image_root = Path(json_file), Path(image_root)
         if not self.json_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.json_file}")
+            raise DatasetFileNotFoundError(f"COCO annotation file not found: {self.json_file}")
         if not self.image_root.is_dir():
-            raise FileNotFoundError(f"COCO image folder not found: {self.image_root}")
+            raise DatasetFileNotFoundError(f"COCO image folder not found: {self.image_root}")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             try:
                 self.coco = COCO(str(self.json_file))

@@ -13,7 +13,14 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssd.data.datasets.base import DatasetError, DetectionDataset, Transform, image_path_inside, make_record
+from ssd.data.datasets.base import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    DetectionDataset,
+    Transform,
+    image_path_inside,
+    make_record,
+)
 from ssd.data.datasets.voc import class_maps
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
@@ -56,9 +63,9 @@ class CSVDataset(DetectionDataset):
     ) -> None:
         self.csv_file, self.image_dir = Path(csv_file), Path(image_dir)
         if not self.csv_file.is_file():
-            raise FileNotFoundError(f"CSV annotation file not found: {self.csv_file}")
+            raise DatasetFileNotFoundError(f"CSV annotation file not found: {self.csv_file}")
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"CSV image folder not found: {self.image_dir}")
+            raise DatasetFileNotFoundError(f"CSV image folder not found: {self.image_dir}")
         with self.csv_file.open(newline="") as handle:
             reader = csv.DictReader(handle)
             header = tuple(name.strip() for name in reader.fieldnames or ())

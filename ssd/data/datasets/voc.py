@@ -42,6 +42,7 @@ from xml.parsers import expat
 from ssd.data.datasets.base import (
     BACKGROUND,
     DatasetError,
+    DatasetFileNotFoundError,
     DetectionDataset,
     Transform,
     image_path_inside,
@@ -79,7 +80,7 @@ def parse_xml_safely(path: Path) -> ET.Element:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
+        raise DatasetFileNotFoundError(f"annotation file not found: {path}") from None
     _refuse_doctype(data, path)
     try:
         return ET.fromstring(data)
@@ -177,7 +178,7 @@ class VOCDataset(DetectionDataset):
         self.split = split
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(
+            raise DatasetFileNotFoundError(
                 f"VOC split file not found: {split_file} (expected the VOC layout "
                 "ROOT/{Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt})"
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssd.data.datasets.base import DetectionDataset, Transform, image_path_inside
+from ssd.data.datasets.base import DatasetFileNotFoundError, DetectionDataset, Transform, image_path_inside
 from ssd.data.datasets.voc import class_maps, parse_voc_xml, parse_xml_safely
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
@@ -27,7 +27,7 @@ def _find_image(xml_path: Path) -> Path:
         candidate = xml_path.with_suffix(ext)
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise DatasetFileNotFoundError(
         f"{xml_path}: no image found beside it (tried <filename> {file_name!r} and "
         f"{xml_path.stem}{{{','.join(IMAGE_EXTENSIONS)}}})"
     )
@@ -59,12 +59,12 @@ class XMLFolderDataset(DetectionDataset):
     ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(
+            raise DatasetFileNotFoundError(
                 f"XML folder not found: {self.folder} (expected images with one VOC <stem>.xml beside each)"
             )
         xml_files = sorted(self.folder.glob("*.xml"))
         if not xml_files:
-            raise FileNotFoundError(f"no *.xml annotation files in {self.folder}")
+            raise DatasetFileNotFoundError(f"no *.xml annotation files in {self.folder}")
         if not class_names:
             class_names = _class_names_in(xml_files)
         all_names, class_to_label = class_maps(class_names)
