@@ -31,6 +31,7 @@ from ssd.data.datasets import COCODataset, CSVDataset, VOCDataset, XMLFolderData
 from ssd.data.datasets.base import DatasetError
 from ssd.engine.checkpoint import (
     Checkpointer,
+    CheckpointError,
     NonFiniteWeightsError,
     load_checkpoint_file,
     save_checkpoint_file,
@@ -349,6 +350,40 @@ def test_a_run_killed_while_saving_resumes_and_leaves_no_temporary_file(tmp_path
     assert len(list(folder.glob("model_*.pth"))) == 2
 
 
+class Payload:
+    """Unpickling this object would run code (the file it is saved in is the attack)."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SSD_TEST_PAYLOAD"]),))
+
+
+@case(
+    "pickle-payload",
+    "a checkpoint file whose pickle would run code when loaded",
+    "error naming the file; the code never runs (`torch.load(weights_only=True)`)",
+)
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("SSD_TEST_PAYLOAD", str(marker))
+    torch.save({"model": {}, "extra": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*evil\.pth"):
+        load_checkpoint_file(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@case(
+    "boxes-outside-or-degenerate",
+    "boxes leaving the image, and zero-area or inverted boxes",
+    "counted: clipped to the image / dropped, one warning each naming example files",
+)
+def test_boxes_outside_the_image_are_clipped_and_degenerate_ones_dropped(tmp_path):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,-5,1,50,90\na.png,96,64,cat,30,9,30,20\n")
+    dataset = CSVDataset(tmp_path / "a.csv", tmp_path)
+    assert dataset.get_annotation(0)["boxes_xyxy"].tolist() == [[0, 1, 50, 64]]
+    assert (dataset.num_clipped_boxes, dataset.num_dropped_boxes) == (1, 1)
+
+
 # ----- 4. rows dropped --------------------------------------------------------------------------------------------
 
 
@@ -441,7 +476,7 @@ BILLION_LAUGHS = """<?xml version="1.0" encoding="{encoding}"?>
 )
 @case(
     "xml-doctype-utf16",
-    "the same XML encoded in UTF-16",
+    "XML with a DOCTYPE / ENTITY declaration, encoded in UTF-16",
     "refused the same way (the check runs after decoding)",
 )
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
