@@ -606,7 +606,7 @@ def test_demo_goes_on_past_an_unreadable_image(tmp_path, capsys):
 
 @case(
     "test-py-bad-config",
-    "`test.py` with an unknown config key or a missing checkpoint",
+    "`test.py` with an unknown config key, a missing checkpoint or a checkpoint holding NaN",
     "one line `test.py: ...`, exit status 1, no traceback",
 )
 @case(
@@ -638,6 +638,16 @@ def test_test_py_errors_are_one_line_and_empty_datasets_are_named(tmp_path):
             ]
         )
     assert str(err.value) == f"test.py: checkpoint not found: {tmp_path / 'nope.pth'}"
+    torch.save({"model": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "diverged.pth")
+    with pytest.raises(SystemExit) as err:
+        test_cli.main(
+            ["--config-file", "", "--ckpt", str(tmp_path / "diverged.pth"), *TINY, "DATASETS.TEST", "('tiny_train',)",
+             "OUTPUT_DIR", str(tmp_path)]
+        )  # fmt: skip
+    assert (
+        str(err.value)
+        == f"test.py: {tmp_path / 'diverged.pth'} holds NaN/inf weights (w): it was saved by a diverged run; use an earlier checkpoint"
+    )
 
     missing = (
         "DATASETS.REGISTER",
