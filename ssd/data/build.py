@@ -49,6 +49,7 @@ class DetectionConcatDataset(ConcatDataset):
         self.contiguous_id_to_dataset_id = first.contiguous_id_to_dataset_id
         self.num_clipped_boxes = sum(d.num_clipped_boxes for d in datasets)
         self.num_dropped_boxes = sum(d.num_dropped_boxes for d in datasets)
+        self.num_size_mismatches = sum(getattr(d, "num_size_mismatches", 0) for d in datasets)
 
     def _locate(self, index: int) -> tuple[DetectionDataset, int]:
         dataset_index = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
