@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ssd.config import ConfigError, load_config
-from ssd.data.datasets.base import DatasetError
+from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import LAST_CHECKPOINT, CheckpointError
 from ssd.engine.inference import evaluate_on_test_datasets
 from ssd.modeling import build_detection_model

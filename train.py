@@ -25,7 +25,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from ssd.config import ConfigError, load_config
-from ssd.data.datasets.base import DatasetError
+from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import (
     Checkpointer,
     CheckpointError,

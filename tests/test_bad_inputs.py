@@ -28,7 +28,7 @@ from test_train_e2e import TINY
 from ssd.config import ConfigError, get_cfg
 from ssd.data.build import build_dataset, check_num_classes
 from ssd.data.datasets import COCODataset, CSVDataset, VOCDataset, XMLFolderDataset
-from ssd.data.datasets.base import DatasetError
+from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import (
     Checkpointer,
     CheckpointError,

@@ -20,7 +20,7 @@ from ssd.data.datasets import (
     get_dataset,
     register_from_config,
 )
-from ssd.data.datasets.base import DatasetError
+from ssd.data.datasets.image_files import DatasetError
 from ssd.data.datasets.synthetic import _layout
 
 BCCD_CLASSES = ("RBC", "WBC", "Platelets")

@@ -23,8 +23,9 @@ import torch
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
 
 from ssd.config.loading import ConfigError
-from ssd.data.datasets.base import DatasetError, DetectionDataset
+from ssd.data.datasets.base import DetectionDataset
 from ssd.data.datasets.catalog import get_dataset, register_from_config
+from ssd.data.datasets.image_files import DatasetError
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
 from ssd.data.transforms import build_transforms
 

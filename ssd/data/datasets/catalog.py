@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from ssd.data.datasets.base import DatasetFileNotFoundError, DetectionDataset, Transform
+from ssd.data.datasets.base import DetectionDataset, Transform
 from ssd.data.datasets.coco import COCODataset
 from ssd.data.datasets.csv_dataset import CSVDataset
+from ssd.data.datasets.image_files import DatasetFileNotFoundError
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.datasets.voc import VOC_CLASSES, VOCDataset
 from ssd.data.datasets.xml_folder import XMLFolderDataset

@@ -24,15 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ssd.data.datasets.base import (
-    BACKGROUND,
-    DatasetError,
-    DatasetFileNotFoundError,
-    DetectionDataset,
-    Transform,
-    image_path_inside,
-    make_record,
-)
+from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 
 logger = logging.getLogger(__name__)
 

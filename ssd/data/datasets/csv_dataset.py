@@ -13,14 +13,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssd.data.datasets.base import (
-    DatasetError,
-    DatasetFileNotFoundError,
-    DetectionDataset,
-    Transform,
-    image_path_inside,
-    make_record,
-)
+from ssd.data.datasets.base import DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 from ssd.data.datasets.voc import class_maps
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")

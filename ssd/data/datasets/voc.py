@@ -39,15 +39,8 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
-from ssd.data.datasets.base import (
-    BACKGROUND,
-    DatasetError,
-    DatasetFileNotFoundError,
-    DetectionDataset,
-    Transform,
-    image_path_inside,
-    make_record,
-)
+from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

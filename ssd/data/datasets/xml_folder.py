@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssd.data.datasets.base import DatasetFileNotFoundError, DetectionDataset, Transform, image_path_inside
+from ssd.data.datasets.base import DetectionDataset, Transform
+from ssd.data.datasets.image_files import DatasetFileNotFoundError, image_path_inside
 from ssd.data.datasets.voc import class_maps, parse_voc_xml, parse_xml_safely
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
