@@ -28,7 +28,7 @@ from test_train_e2e import TINY
 from ssd.config import ConfigError, get_cfg
 from ssd.data.build import build_dataset, check_num_classes
 from ssd.data.datasets import COCODataset, CSVDataset, VOCDataset, XMLFolderDataset
-from ssd.data.datasets.image_files import DatasetError
+from ssd.data.datasets.image_files import DatasetError, read_image_rgb
 from ssd.engine.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -160,6 +160,26 @@ def test_missing_size_is_read_from_the_file(tmp_path, caplog):
         for dataset in (COCODataset(json_file, tmp_path), XMLFolderDataset(tmp_path)):
             annotation = dataset.get_annotation(0)
             assert (annotation["height"], annotation["width"], dataset.num_size_mismatches) == (64, 96, 0)
+    assert not caplog.records
+
+
+@case(
+    "size-exif-rotated",
+    "a JPEG whose EXIF orientation turns it by 90 degrees, annotated with the decoded size",
+    "no mismatch: the size is read as OpenCV decodes the image (turned)",
+)
+def test_exif_rotated_jpeg_has_its_decoded_size(tmp_path, caplog):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.new("RGB", (96, 64), (10, 200, 30)).save(tmp_path / "a.jpg", exif=exif.tobytes())
+    assert read_image_rgb(tmp_path / "a.jpg").shape == (96, 64, 3)  # OpenCV turns it: 96 rows, 64 columns
+    (tmp_path / "a.csv").write_text(HEADER + "a.jpg,64,96,cat,1,1,9,9\n")
+    with caplog.at_level(logging.WARNING):
+        dataset = CSVDataset(tmp_path / "a.csv", tmp_path)
+    annotation = dataset.get_annotation(0)
+    assert (annotation["height"], annotation["width"], dataset.num_size_mismatches) == (96, 64, 0)
     assert not caplog.records
 
 
