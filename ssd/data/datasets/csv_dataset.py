@@ -32,7 +32,7 @@ def _integer(row: dict[str, str], key: str, source: str) -> int:
     if not row[key]:
         return 0
     value = _float(row, key, source)
-    if value != int(value):
+    if not value.is_integer():  # also refuses inf and nan
         raise DatasetError(f"{source}: {key} is {row[key]!r}, not a whole number of pixels")
     return int(value)
 
@@ -67,7 +67,7 @@ class CSVDataset(DetectionDataset):
                 raise DatasetError(
                     f"{self.csv_file}: header must be {','.join(CSV_COLUMNS)}, got {','.join(header)}"
                 )
-            rows = []
+            rows = []  # (line number in the file, row)
             for row in reader:
                 if None in row or None in row.values():  # DictReader's markers of extra / missing fields
                     fields = len(CSV_COLUMNS) + len(row.get(None, ())) - list(row.values()).count(None)
@@ -75,13 +75,13 @@ class CSVDataset(DetectionDataset):
                         f"{self.csv_file}, line {reader.line_num}: {fields} fields, the header has "
                         f"{len(CSV_COLUMNS)} ({','.join(CSV_COLUMNS)}); quote values that hold a comma"
                     )
-                rows.append({key.strip(): value.strip() for key, value in row.items()})
+                rows.append((reader.line_num, {key.strip(): value.strip() for key, value in row.items()}))
 
         if not class_names:
-            class_names = sorted({row["class"] for row in rows if row["class"]})
+            class_names = sorted({row["class"] for _, row in rows if row["class"]})
         all_names, class_to_label = class_maps(class_names)
         images: dict[str, dict] = {}  # file name -> {"size": (h, w), "boxes": [...], "labels": [...]}
-        for line, row in enumerate(rows, start=2):
+        for line, row in rows:
             source = f"{self.csv_file}, line {line}"
             corners = [row[key] for key in ("xmin", "ymin", "xmax", "ymax")]
             if row["filename"] not in images:
