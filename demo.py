@@ -13,12 +13,15 @@ them, so it works on a fresh machine without any download.
 
 Every image prints its times: load (read + resize + normalise), inference (network + post-processing) and
 draw (drawing + writing); the last line gives the mean FPS of the inference alone, as lufficc/SSD does.
+An image that cannot be read is reported on its own line and skipped; the others are still processed, and
+the demo then exits with status 1, naming the skipped files.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,14 +148,22 @@ def synthetic_images() -> Iterator[tuple[str, np.ndarray, dict]]:
 
 
 def run_on_images(detector: Detector, sources, output_dir: Path) -> list[dict]:
-    """Detect, draw and write each image; returns per image {"name", "output", detections...}."""
-    results = []
+    """Detect, draw and write each image; returns per image {"name", "output", detections...}.
+
+    An unreadable image file is reported and skipped; after the others are done, SystemExit names them.
+    """
+    results, skipped = [], []
     total_inference = 0.0
     sources = list(sources)
     for i, source in enumerate(sources, start=1):
         start = time.perf_counter()
         if isinstance(source, Path):
-            name, image = source.name, read_image_rgb(source)
+            try:
+                name, image = source.name, read_image_rgb(source)
+            except OSError as err:  # corrupt, not an image, or deleted since it was listed
+                print(f"({i:04d}/{len(sources):04d}) {source.name}: skipped, {err}", file=sys.stderr)
+                skipped.append(str(source))
+                continue
         else:
             name, image = source[0], source[1]
         images = detector.prepare(image)
@@ -169,6 +180,11 @@ def run_on_images(detector: Detector, sources, output_dir: Path) -> list[dict]:
         results.append({"name": name, "output": output, **detections})
     if results:
         print(f"{len(results)} images written to {output_dir}; mean FPS {len(results) / total_inference:.1f}")
+    if skipped:
+        raise SystemExit(
+            f"demo.py: {len(skipped)} of {len(sources)} images could not be read and were skipped: "
+            + ", ".join(skipped)
+        )
     return results
 
 

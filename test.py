@@ -13,13 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssd.config import load_config
-from ssd.engine.checkpoint import LAST_CHECKPOINT
+from ssd.config import ConfigError, load_config
+from ssd.data.datasets.image_files import DatasetError
+from ssd.engine.checkpoint import LAST_CHECKPOINT, CheckpointError
 from ssd.engine.inference import evaluate_on_test_datasets
 from ssd.modeling import build_detection_model
 from ssd.modeling.model_zoo import bundled_file, read_checkpoint_metadata
 from ssd.modeling.prior_fitting import resolve_priors_for_inference
-from ssd.modeling.weights import load_model_weights
+from ssd.modeling.weights import WeightsError, load_model_weights
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
@@ -61,7 +62,16 @@ def find_checkpoint(ckpt: str | None, output_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    """Evaluate; a bad config, checkpoint, weights file or dataset ends with one line and exit status 1."""
+    try:
+        return run(parse_args(argv))
+    except (ConfigError, CheckpointError, WeightsError, DatasetError) as err:
+        raise SystemExit(f"test.py: {err}") from None
+    finally:
+        dist_utils.cleanup_distributed()
+
+
+def run(args: argparse.Namespace) -> dict:
     # The checkpoint replaces every weight, so the ImageNet backbone file is neither loaded nor needed.
     cfg = load_config(args.config_file, [*args.opts, "MODEL.BACKBONE.PRETRAINED", "False"], freeze=False)
     if args.output_dir:
@@ -90,9 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_model_weights(model, ckpt, strict=True)
     model.to(device)
     logger.info(f"Evaluating {ckpt} on {', '.join(cfg.DATASETS.TEST)} ({device})")
-    results = evaluate_on_test_datasets(cfg, model, device, output_dir)
-    dist_utils.cleanup_distributed()
-    return results
+    return evaluate_on_test_datasets(cfg, model, device, output_dir)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,24 @@ from torch import nn
 from yacs.config import CfgNode
 
 from ssd.config import ConfigError, load_config
-from ssd.engine.checkpoint import Checkpointer, CheckpointError, restore_rng_state, unwrap
+from ssd.data.datasets.image_files import DatasetError
+from ssd.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    NonFiniteWeightsError,
+    restore_rng_state,
+    unwrap,
+)
 from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
 from ssd.engine.writers import build_writers
 from ssd.modeling.weights import WeightsError, load_model_weights
-from ssd.solver import build_lr_scheduler, build_optimizer, resolve_epoch_schedule
+from ssd.solver import (
+    apply_solver_config,
+    build_lr_scheduler,
+    build_optimizer,
+    changed_solver_keys,
+    resolve_epoch_schedule,
+)
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
@@ -37,7 +50,7 @@ from ssd.utils.logging import setup_logger
 logger = logging.getLogger("ssd.train")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "shapes_mobilenet_v2_ssdlite.yaml"
-EXIT_NON_FINITE = 3  # exit status when the loss became NaN/inf (1 is any other error)
+EXIT_NON_FINITE = 3  # exit status when the loss or the weights became NaN/inf (1 is any other error)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,6 +151,21 @@ def initialise_weights(model: nn.Module, weights: str) -> None:
     load_model_weights(model, weights)
 
 
+def resume_with_config(cfg: CfgNode, checkpoint: dict, optimizer, scheduler) -> set[str]:
+    """After --resume: apply this config's SOLVER values over the restored ones; returns the changed keys.
+
+    Loading restores the old learning rate, momentum, weight decay and schedule with the optimizer and
+    scheduler state; a changed value (`--resume ... SOLVER.LR 1e-4` after a divergence) would be ignored
+    otherwise. Each change is logged. (A changed SOLVER.OPTIMIZER was refused by `Checkpointer.load`: the
+    saved optimizer state belongs to the other optimizer.)
+    """
+    changed = changed_solver_keys(checkpoint.get("config", ""), cfg)
+    apply_solver_config(cfg, optimizer, scheduler)
+    for key, (old, new) in changed.items():
+        logger.info("Resume: %s changed from %s (checkpoint) to %s: the new value applies", key, old, new)
+    return set(changed)
+
+
 def run(args: argparse.Namespace) -> int:
     opts = overrides(args)
     cfg = load_config(args.config_file, opts)
@@ -149,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         build_fit_dataset,
         build_train_loader,
         build_train_val_datasets,
+        check_num_classes,
     )
     from ssd.engine.inference import evaluate_on_test_datasets
     from ssd.modeling import build_detection_model
@@ -167,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
     if cfg.MODEL.PRIORS.AUTO or cfg.INPUT.AUGMENTATION == "auto":
         cfg = resolve_auto_settings(cfg, build_fit_dataset(cfg))
     train_dataset, val_dataset = build_train_val_datasets(cfg)
+    check_num_classes(cfg.MODEL.NUM_CLASSES, train_dataset.class_names, ", ".join(cfg.DATASETS.TRAIN))
+    if val_dataset is not None:
+        check_num_classes(
+            cfg.MODEL.NUM_CLASSES, val_dataset.class_names, getattr(val_dataset, "name", "validation")
+        )
     cfg = resolve_epoch_schedule(cfg, len(train_dataset), dist_utils.get_world_size())
     log_prior_coverage(cfg, train_dataset, train_dataset.class_names)
     if dist_utils.is_main_process():
@@ -189,7 +223,15 @@ def run(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.SOLVER.AMP and device.type == "cuda")
-    checkpointer = Checkpointer(model, output_dir, optimizer, scheduler, scaler, config_yaml=cfg.dump())
+    checkpointer = Checkpointer(
+        model,
+        output_dir,
+        optimizer,
+        scheduler,
+        scaler,
+        config_yaml=cfg.dump(),
+        max_to_keep=cfg.SOLVER.MAX_TO_KEEP,
+    )
     tracker = None
     if cfg.SOLVER.BEST_METRIC:
         tracker = BestMetricTracker(
@@ -198,8 +240,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Resume: weights, optimizer, schedule, scaler, best metric; then the data loader continues at start_iter.
     checkpoint: dict = {}
+    changed: set[str] = set()
     if args.resume:
         checkpoint = checkpointer.resume()
+        if checkpoint:
+            changed = resume_with_config(cfg, checkpoint, optimizer, scheduler)
     elif checkpointer.last_checkpoint() is not None:
         logger.warning(
             "%s already holds a run; starting from scratch replaces its checkpoints and metrics.json "
@@ -208,7 +253,10 @@ def run(args: argparse.Namespace) -> int:
         )
     start_iter = int(checkpoint.get("iteration", 0))
     if tracker is not None and "best" in checkpoint:
-        tracker.load_state_dict(checkpoint["best"])
+        if changed & {"SOLVER.BEST_METRIC", "SOLVER.BEST_MODE"}:  # the saved best is of another metric
+            logger.info("Resume: the best-metric record restarts (SOLVER.BEST_METRIC or BEST_MODE changed)")
+        else:
+            tracker.load_state_dict(checkpoint["best"])
     train_loader = build_train_loader(cfg, start_iter=start_iter, dataset=train_dataset)
     validate = build_validator(cfg, device, val_dataset)
     writers = build_writers(cfg, cfg.SOLVER.MAX_ITER, start_iter)
@@ -245,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, NonFiniteWeightsError) as err:
         logger.error("%s", err)
         return EXIT_NON_FINITE
-    except (ConfigError, CheckpointError, WeightsError) as err:
+    except (ConfigError, CheckpointError, WeightsError, DatasetError) as err:
         logger.error("%s", err)  # before setup_logger, Python's last-resort handler prints it to stderr
         return 1
     finally:

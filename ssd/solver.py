@@ -15,6 +15,11 @@ With the lufficc VOC defaults (LR 1e-3, WF 1/3, WI 500, steps 80k/100k): iterati
 Deviation from lufficc/SSD: the schedule is a LambdaLR factor object rather than an `_LRScheduler` subclass;
 the numbers are the same. The factor is a plain object (no lambda) so `LambdaLR.state_dict()` stores its
 fields and a checkpoint restores it.
+
+Resuming with changed SOLVER values (`train.py --resume ... SOLVER.LR 1e-4`): loading a checkpoint restores
+the old hyperparameters together with the state (they live in the optimizer's param groups and in the
+scheduler's `base_lrs` and factor). `apply_solver_config` then puts this config's values back, keeping the
+state (momentum buffers, the iteration count), and `changed_solver_keys` names what changed, for the log.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import bisect
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,10 +112,10 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     return make_optimizer(model, s.OPTIMIZER, s.LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
 
 
-def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """SOLVER.LR_SCHEDULER / MAX_ITER / WARMUP_* / LR_STEPS / GAMMA -> per-iteration scheduler."""
+def build_schedule_factor(cfg: CfgNode) -> WarmupSchedule:
+    """SOLVER.LR_SCHEDULER / MAX_ITER / WARMUP_* / LR_STEPS / GAMMA -> the LR factor of each iteration."""
     s = cfg.SOLVER
-    factor = WarmupSchedule(
+    return WarmupSchedule(
         s.LR_SCHEDULER,
         max_iter=s.MAX_ITER,
         warmup_factor=s.WARMUP_FACTOR,
@@ -117,7 +123,49 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
         milestones=s.LR_STEPS,
         gamma=s.GAMMA,
     )
-    return make_lr_scheduler(optimizer, factor)
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """SOLVER.LR_SCHEDULER / MAX_ITER / WARMUP_* / LR_STEPS / GAMMA -> per-iteration scheduler."""
+    return make_lr_scheduler(optimizer, build_schedule_factor(cfg))
+
+
+def apply_solver_config(
+    cfg: CfgNode, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR
+) -> None:
+    """After a checkpoint was loaded: use this config's LR, MOMENTUM, WEIGHT_DECAY and schedule from now on.
+
+    The optimizer state (momentum buffers, Adam moments) and the scheduler's iteration count are kept. The
+    next LR is recomputed the way LambdaLR computes it, `LR * factor(last_epoch)`, so with an unchanged
+    config nothing changes (resume stays bit-exact).
+    """
+    s = cfg.SOLVER
+    factor = build_schedule_factor(cfg)
+    scheduler.lr_lambdas = [factor for _ in optimizer.param_groups]
+    scheduler.base_lrs = [float(s.LR) for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = float(s.LR)
+        group["weight_decay"] = float(s.WEIGHT_DECAY)
+        if "momentum" in group:  # SGD; AdamW has betas instead, which the config does not set
+            group["momentum"] = float(s.MOMENTUM)
+        group["lr"] = float(s.LR) * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+
+
+def changed_solver_keys(saved_config_yaml: str, cfg: CfgNode) -> dict[str, tuple[Any, Any]]:
+    """{"SOLVER.KEY": (value in the checkpoint's config, value now)} for every SOLVER value that differs."""
+    if not saved_config_yaml:
+        return {}
+    saved = CfgNode.load_cfg(saved_config_yaml).get("SOLVER", CfgNode())
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+    return {
+        f"SOLVER.{key}": (plain(saved.get(key)), plain(value))
+        for key, value in cfg.SOLVER.items()
+        if plain(saved.get(key)) != plain(value)
+    }
 
 
 def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -> CfgNode:

@@ -20,6 +20,7 @@ from ssd.data.datasets import (
     get_dataset,
     register_from_config,
 )
+from ssd.data.datasets.image_files import DatasetError
 from ssd.data.datasets.synthetic import _layout
 
 BCCD_CLASSES = ("RBC", "WBC", "Platelets")
@@ -135,10 +136,19 @@ def test_voc_missing_annotation_and_split_name_the_file(tmp_path):
 
 
 def test_corrupt_and_missing_image_name_the_file(tmp_path):
+    # Found when the dataset is built (from the headers), every bad file named in one error.
     root = _make_voc(tmp_path / "voc", {"a": _voc_xml("a.jpg", []), "b": _voc_xml("b.jpg", [])})
     (root / "JPEGImages/a.jpg").write_bytes(b"not a jpeg at all")
     (root / "JPEGImages/b.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"2 of 2 image files.*a\.jpg.*b\.jpg"):
+        VOCDataset(root, "train", ("cat",))
+    # A file that goes bad after the dataset was built is still named when it is loaded.
+    _write_image(root / "JPEGImages/b.jpg")
+    (root / "JPEGImages/a.jpg").unlink()
+    _write_image(root / "JPEGImages/a.jpg")
     dataset = VOCDataset(root, "train", ("cat",))
+    (root / "JPEGImages/a.jpg").write_bytes(b"not a jpeg at all")
+    (root / "JPEGImages/b.jpg").unlink()
     with pytest.raises(OSError, match=r"a\.jpg"):
         dataset.load_image(0)
     with pytest.raises(FileNotFoundError, match=r"b\.jpg"):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -218,10 +220,18 @@ def test_a_few_iterations_on_bccd_reduce_the_loss(tmp_path, bccd_root):
 def test_ckpt_initialises_a_model_with_another_class_count(tmp_path):
     assert run_train(tmp_path / "source", "SOLVER.MAX_ITER", "2") == 0
     source = load_checkpoint_file(tmp_path / "source" / "model_final.pth")["model"]
-    # Fine-tune on 2 classes from a 3-class model: the backbone is copied, the class heads keep their init.
+    # Fine-tune on 2 classes (a CSV dataset) from a 3-class model: the backbone is copied, the class heads keep
+    # their init.
     ckpt = str(tmp_path / "source" / "model_final.pth")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((96, 96, 3), 80, np.uint8))
+    (tmp_path / "two.csv").write_text(
+        "filename,width,height,class,xmin,ymin,xmax,ymax\na.png,96,96,cat,5,5,40,40\na.png,96,96,dog,50,50,90,90\n"
+    )
     status = train_cli.main(
         ["--config-file", "", "--skip-test", "--ckpt", ckpt, *TINY, "MODEL.NUM_CLASSES", "3",
+         "DATASETS.REGISTER", f"('two:csv:{tmp_path / 'two.csv'}:{images}',)", "DATASETS.TRAIN", "('two',)",
          "SOLVER.MAX_ITER", "0", "OUTPUT_DIR", str(tmp_path / "tuned")]
     )  # fmt: skip
     assert status == 0

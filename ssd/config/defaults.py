@@ -137,6 +137,10 @@ _C.DATASETS.CLASS_NAMES = ()
 # "voc:ROOT:SPLIT" (VOC layout), "xml_folder:DIR", "coco:JSON:IMAGE_DIR", "csv:CSV:IMAGE_DIR",
 # "synthetic:NUM_IMAGES:SEED". Example: "bccd_train:voc:../shared/data/BCCD:train".
 _C.DATASETS.REGISTER = ()
+# (new) Decode every image of every dataset once when it is built, so that a corrupt file stops the run at
+# start-up, all bad files named, instead of when it is first loaded. A header check (missing file, not an
+# image, annotated size differing from the file's) always runs; this adds one full decode per image.
+_C.DATASETS.CHECK_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------------
 # DATA_LOADER
@@ -191,6 +195,10 @@ _C.SOLVER.AMP = True
 _C.SOLVER.CHANNELS_LAST = True
 # (new) Save a checkpoint every this many iterations (lufficc: --save_step). unit: iterations.
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
+# (new) Keep only the newest this many periodic checkpoints model_{iteration}.pth; older ones are deleted
+# after each save. model_best.pth, model_final.pth and the checkpoint last_checkpoint names are always kept.
+# 0 = keep every one (lufficc/SSD).
+_C.SOLVER.MAX_TO_KEEP = 3
 # (new) Validate every this many iterations; 0 = only at the end (lufficc: --eval_step). unit: iterations.
 _C.SOLVER.EVAL_PERIOD = 2500
 # (new) Log a line / write metrics every this many iterations (lufficc: --log_step). unit: iterations.

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
 
+from ssd.config.loading import ConfigError
 from ssd.data.datasets.base import DetectionDataset
 from ssd.data.datasets.catalog import get_dataset, register_from_config
+from ssd.data.datasets.image_files import DatasetError
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
 from ssd.data.split import DetectionSubset, split_for_validation
 from ssd.data.transforms import build_transforms
@@ -49,6 +51,7 @@ class DetectionConcatDataset(ConcatDataset):
         self.contiguous_id_to_dataset_id = first.contiguous_id_to_dataset_id
         self.num_clipped_boxes = sum(d.num_clipped_boxes for d in datasets)
         self.num_dropped_boxes = sum(d.num_dropped_boxes for d in datasets)
+        self.num_size_mismatches = sum(getattr(d, "num_size_mismatches", 0) for d in datasets)
 
     def _locate(self, index: int) -> tuple[DetectionDataset, int]:
         dataset_index = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
@@ -77,7 +80,12 @@ def build_dataset(
 ) -> DetectionDataset | DetectionConcatDataset:
     """The datasets called `names` (DATASETS.REGISTER entries registered first) with the pipeline of
     `build_transforms`; several names give one `DetectionConcatDataset` (same classes required).
-    `annotations_only`: no transform (for reading boxes, e.g. to fit priors, before INPUT is settled)."""
+    `annotations_only`: no transform and no image check (for reading boxes, e.g. to fit priors, before
+    INPUT is settled; the training dataset built afterwards does the checks).
+
+    Raises:
+        DatasetError: a dataset is empty, or (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
+    """
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     if isinstance(names, str):
         names = [names]
@@ -94,7 +102,30 @@ def build_dataset(
     datasets = [
         get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names
     ]
+    key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST / DATASETS.VAL"
+    for name, dataset in zip(names, datasets, strict=True):
+        if len(dataset) == 0:
+            raise DatasetError(
+                f"dataset {name!r} ({key}) is empty: {getattr(dataset, 'name', name)} has no images; "
+                "check its annotation file or split"
+            )
+        if cfg.DATASETS.CHECK_IMAGES and not annotations_only and hasattr(dataset, "verify_images"):
+            dataset.verify_images()
     return datasets[0] if len(datasets) == 1 else DetectionConcatDataset(datasets)
+
+
+def check_num_classes(num_classes: int, class_names: Sequence[str], dataset_name: str) -> None:
+    """Refuse a model whose MODEL.NUM_CLASSES differs from its dataset's classes (background included).
+
+    Fewer outputs than classes fail deep inside the loss ("Target 3 is out of bounds") and more outputs
+    silently train and predict classes that never occur; both are a config slip, named here.
+    """
+    if len(class_names) != num_classes:
+        shown = ", ".join(class_names[:6]) + (", ..." if len(class_names) > 6 else "")
+        raise ConfigError(
+            f"MODEL.NUM_CLASSES is {num_classes}, but dataset {dataset_name!r} has {len(class_names)} classes "
+            f"with background ({shown}): set MODEL.NUM_CLASSES {len(class_names)}"
+        )
 
 
 def collate_batch(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor], int]]) -> Batch:

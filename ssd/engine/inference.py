@@ -192,7 +192,7 @@ def evaluate_on_test_datasets(
     Returns:
         {dataset name: {task: {metric: value}}} on the main process ({} per dataset elsewhere).
     """
-    from ssd.data.build import build_dataset, build_test_loader  # the engine does not need the data package
+    from ssd.data.build import build_dataset, build_test_loader, check_num_classes  # the engine needs no data
     from ssd.evaluation import build_evaluator, copypaste_lines
 
     all_results = {}
@@ -201,6 +201,7 @@ def evaluate_on_test_datasets(
         if dist_utils.is_main_process():
             folder.mkdir(parents=True, exist_ok=True)
         dataset = build_dataset(cfg, [name], is_train=False)
+        check_num_classes(cfg.MODEL.NUM_CLASSES, dataset.class_names, name)
         loader = build_test_loader(cfg, dataset)
         evaluator = build_evaluator(cfg, dataset, folder, dataset_name=name)
         logger.info(f"Evaluating {name} ({len(dataset)} images) with {', '.join(cfg.TEST.EVALUATORS)}")

@@ -9,7 +9,8 @@
         log         writers.write_train every LOG_PERIOD
         evaluate    every EVAL_PERIOD and at the end: validate(model) -> writers.write_val, model_best.pth,
                     early stopping
-        checkpoint  model_{iteration:07d}.pth every CHECKPOINT_PERIOD; model_final.pth at the end
+        checkpoint  model_{iteration:07d}.pth every CHECKPOINT_PERIOD; model_final.pth at the end; a model
+                    whose weights hold NaN/inf is never saved (NonFiniteWeightsError)
 
 Everything the loop uses is built beforehand (train.py `run`) and passed in, so the loop can run on a
 toy model in a test as well as on SSD.
@@ -153,6 +154,8 @@ def train(
 
     Raises:
         NonFiniteLossError: a loss term became NaN/inf (on any process).
+        NonFiniteWeightsError: the weights became NaN/inf while the losses were finite (an update that
+            overflowed, e.g. in the last iteration); raised by the checkpointer instead of saving them.
     """
     device = options.device
     use_amp = options.amp and device.type == "cuda"

@@ -125,7 +125,8 @@ def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
     """A state dict from a model-zoo name, or a file or URL holding a state dict or a checkpoint dict with "model".
 
     Raises:
-        WeightsError: the file is missing, unreadable, or holds neither form; the message names the file.
+        WeightsError: the file is missing, unreadable, holds neither form, or holds NaN/inf weights; the
+            message names the file.
     """
     source = str(path_or_url)
     from ssd.modeling import model_zoo  # lazy: the zoo builds on this module
@@ -152,6 +153,13 @@ def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
     if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
         raise WeightsError(
             f"{source} holds neither a state dict (name -> tensor) nor a checkpoint dict with a 'model' state dict"
+        )
+    # A diverged model (NaN/inf) would evaluate to AP 0 and draw boxes everywhere: refuse it by name.
+    diverged = [k for k, v in content.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if diverged:
+        raise WeightsError(
+            f"{source} holds NaN/inf weights ({', '.join(diverged[:5])}{', ...' if len(diverged) > 5 else ''}): "
+            "it was saved by a diverged run; use an earlier checkpoint"
         )
     # Checkpoints saved from DistributedDataParallel prefix every key with "module.".
     return {key.removeprefix("module."): value for key, value in content.items()}

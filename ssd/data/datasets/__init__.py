@@ -1,6 +1,6 @@
 """Detection datasets (contract: docs/contracts.md, "Datasets") and the name catalog."""
 
-from ssd.data.datasets.base import BACKGROUND, DetectionDataset, make_record, read_image_rgb
+from ssd.data.datasets.base import BACKGROUND, DetectionDataset, make_record
 from ssd.data.datasets.catalog import (
     get_dataset,
     list_datasets,
@@ -14,6 +14,7 @@ from ssd.data.datasets.catalog import (
 )
 from ssd.data.datasets.coco import COCODataset
 from ssd.data.datasets.csv_dataset import CSVDataset
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, read_image_rgb
 from ssd.data.datasets.synthetic import SHAPE_CLASSES, SyntheticShapesDataset
 from ssd.data.datasets.voc import VOC_CLASSES, VOCDataset
 from ssd.data.datasets.xml_folder import XMLFolderDataset
@@ -22,6 +23,8 @@ __all__ = [
     "BACKGROUND",
     "COCODataset",
     "CSVDataset",
+    "DatasetError",
+    "DatasetFileNotFoundError",
     "DetectionDataset",
     "SHAPE_CLASSES",
     "SyntheticShapesDataset",

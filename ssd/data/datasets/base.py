@@ -8,7 +8,15 @@ package relies on (docs/contracts.md, "Datasets") is implemented here once:
   (`num_clipped_boxes`, `num_dropped_boxes`) and reported once per dataset with one logging.warning;
 - training datasets (`is_train=True`) drop `difficult` boxes before the transform; evaluation keeps them
   (with the flag), so the VOC metric can ignore them;
+- every image file is checked when the dataset is built, from its header only (cheap): a missing or unreadable
+  file stops construction with one `DatasetError` naming every bad file; an image whose annotated size differs
+  from the file's is given the file's size (boxes are kept as written, in pixels of the file), and the
+  mismatches are counted (`num_size_mismatches`) and reported with one logging.warning. `verify_images()`
+  decodes every image in full, for the rarer damage a header does not show (DATASETS.CHECK_IMAGES);
 - images are decoded with OpenCV into uint8 (H, W, 3) RGB; an unreadable file raises an error naming it.
+
+Reading image files (decoding, header sizes, keeping annotation paths inside the dataset folder) and the
+errors about bad data live in `image_files.py`.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
+from ssd.data.datasets.image_files import DatasetError, image_size_from_file, read_image_rgb
+
 logger = logging.getLogger(__name__)
+
+_MAX_NAMED = 5  # files named in one error or warning message
 
 BACKGROUND = "__background__"
 
@@ -58,28 +69,6 @@ def make_record(
     }
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file into uint8 (H, W, 3) RGB; grey and RGBA files are converted.
-
-    np.fromfile + cv2.imdecode instead of cv2.imread: it reads any path (non-ASCII names included) and lets
-    us tell "missing" apart from "not an image".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
-    if image is None:
-        raise OSError(f"cannot decode image file (corrupt or not an image): {path}")
-    return image
-
-
-def image_size_from_file(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, for annotations that do not state it (decodes the image)."""
-    height, width = read_image_rgb(path).shape[:2]
-    return height, width
-
-
 class DetectionDataset(torch.utils.data.Dataset):
     """Base class of all datasets: holds the parsed annotations and implements the dataset contract.
 
@@ -89,8 +78,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         transform: called as `transform(image, boxes_xyxy, labels[, rng=...])`, see `Transform`;
             None returns the decoded uint8 image as a (3, H, W) tensor and relative boxes (for looking at data).
         is_train: training datasets drop `difficult` boxes before the transform.
-        name: used in the warning about clipped / dropped boxes.
+        name: used in the warnings and errors about this dataset.
+
+    Raises:
+        DatasetError: image files are missing or unreadable (`reads_image_files` datasets); all are named.
     """
+
+    # False for datasets whose `load_image` makes images instead of reading `file_name` (synthetic.py).
+    reads_image_files = True
 
     def __init__(
         self,
@@ -111,6 +106,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.num_dropped_boxes = 0
         self.clipped_box_files: list[str] = []  # files with at least one clipped box
         self.dropped_box_files: list[str] = []  # files with at least one dropped box
+        self.num_size_mismatches = 0
+        self.size_mismatch_files: list[str] = []  # "file: annotated WxH, file WxH"
+        if self.reads_image_files:
+            records = self._check_image_files(records)
         self._records = [self._check_boxes(record) for record in records]
         for record in self._records:  # get_annotation hands out the cached arrays: make them read-only
             for key in ("boxes_xyxy", "labels", "difficult"):
@@ -168,7 +167,70 @@ class DetectionDataset(torch.utils.data.Dataset):
             image_t, boxes_t, labels_t = self.transform(image, boxes_xyxy, labels, rng=rng)
         return image_t, {"boxes_norm": boxes_t, "labels": labels_t}, index
 
-    # ----- box checks -----------------------------------------------------------------------------------
+    def verify_images(self) -> None:
+        """Decode every image once; raise one DatasetError naming every file that cannot be decoded.
+
+        The header check at construction finds missing files, files that are not images and wrong sizes;
+        this finds damage further inside a file (a truncated PNG, say), which would otherwise stop a run
+        when the image is first loaded, possibly hours in. Costs one full decode per image.
+        """
+        bad = []
+        for index in range(len(self)):
+            try:
+                self.load_image(index)
+            except OSError as error:  # FileNotFoundError included
+                bad.append(str(error))
+        if bad:
+            raise DatasetError(
+                f"{self.name}: {len(bad)} of {len(self)} images cannot be decoded: "
+                + "; ".join(bad[:_MAX_NAMED])
+                + (f"; ... ({len(bad) - _MAX_NAMED} more)" if len(bad) > _MAX_NAMED else "")
+                + ". Replace these files or remove them from the annotations."
+            )
+
+    # ----- image and box checks -------------------------------------------------------------------------
+
+    def _check_image_files(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Read every image's size from its file; the file's size replaces a different annotated one.
+
+        An annotated size of 0 means "not stated" (some labelling tools write <size> 0) and is filled in
+        silently. Boxes are kept as written: they are taken to be pixels of the file, as labelling tools
+        write them; only the size field (used to clip boxes and to scale detections back) is corrected.
+        """
+        checked, unreadable = [], []
+        for record in records:
+            try:
+                height, width = image_size_from_file(record["file_name"])
+            except OSError as error:  # FileNotFoundError included
+                unreadable.append(str(error))
+                continue
+            annotated = (record["height"], record["width"])
+            if annotated != (height, width):
+                if annotated != (0, 0) and 0 not in annotated:
+                    self.num_size_mismatches += 1
+                    self.size_mismatch_files.append(
+                        f"{Path(record['file_name']).name}: annotated {annotated[1]}x{annotated[0]}, "
+                        f"file {width}x{height}"
+                    )
+                record = {**record, "height": height, "width": width}
+            checked.append(record)
+        if unreadable:
+            raise DatasetError(
+                f"{self.name}: {len(unreadable)} of {len(records)} image files cannot be read: "
+                + "; ".join(unreadable[:_MAX_NAMED])
+                + (f"; ... ({len(unreadable) - _MAX_NAMED} more)" if len(unreadable) > _MAX_NAMED else "")
+                + ". Add or replace these files, or remove them from the annotations."
+            )
+        if self.num_size_mismatches:
+            logger.warning(
+                "%s: %d images have an annotated size (width x height) that differs from the image file; "
+                "using the file's size, boxes kept as written. If the images were resized after labelling, "
+                "the boxes are wrong too: re-export the annotations. E.g. %s",
+                self.name,
+                self.num_size_mismatches,
+                "; ".join(self.size_mismatch_files[:_MAX_NAMED]),
+            )
+        return checked
 
     def _check_boxes(self, record: dict[str, Any]) -> dict[str, Any]:
         """Clip boxes to the image, drop degenerate ones; count both (files kept for the report)."""

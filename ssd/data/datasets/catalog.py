@@ -28,6 +28,7 @@ from pathlib import Path
 from ssd.data.datasets.base import DetectionDataset, Transform
 from ssd.data.datasets.coco import COCODataset
 from ssd.data.datasets.csv_dataset import COORDINATE_CONVENTIONS, CSVDataset
+from ssd.data.datasets.image_files import DatasetFileNotFoundError
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.datasets.voc import VOC_CLASSES, VOCDataset
 from ssd.data.datasets.xml_folder import XMLFolderDataset
@@ -197,7 +198,7 @@ def _first_existing(candidates: list[Path], what: str, layout: str, marker: str 
         if (folder / marker).exists() if marker else folder.is_dir():
             return folder
     tried = " or ".join(str(folder / marker) if marker else str(folder) for folder in candidates)
-    raise FileNotFoundError(
+    raise DatasetFileNotFoundError(
         f"{what} not found: looked for {tried} (expected layout {layout}; set DATASETS.DATA_ROOT, "
         "$SSD_DATA_ROOT, $VOC_ROOT or $COCO_ROOT)"
     )

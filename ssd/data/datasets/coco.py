@@ -8,16 +8,26 @@
 - `remove_empty=True` drops images without any usable box (what lufficc does for training); by default every
   image is kept, because an image without objects is valid input and counts for evaluation.
 - `image_id` in `get_annotation` is the COCO image id.
+- Bad input: a `file_name` that leaves `image_root` (absolute or `..`), a `category_id` missing from
+  `categories` and a `bbox` that is not 4 numbers are errors naming the annotation id; an image without
+  `height`/`width` gets its size from the file; annotations of an image id that is not in `images` cannot be
+  used: they are counted (`num_orphan_annotations`) and reported with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
+
+logger = logging.getLogger(__name__)
 
 
 class COCODataset(DetectionDataset):
@@ -44,19 +54,19 @@ class COCODataset(DetectionDataset):
 
         self.json_file, self.image_root = Path(json_file), Path(image_root)
         if not self.json_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.json_file}")
+            raise DatasetFileNotFoundError(f"COCO annotation file not found: {self.json_file}")
         if not self.image_root.is_dir():
-            raise FileNotFoundError(f"COCO image folder not found: {self.image_root}")
+            raise DatasetFileNotFoundError(f"COCO image folder not found: {self.image_root}")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             try:
                 self.coco = COCO(str(self.json_file))
             except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{self.json_file}: not a COCO instances file ({error!r})") from None
+                raise DatasetError(f"{self.json_file}: not a COCO instances file ({error!r})") from None
 
         category_ids = sorted(self.coco.getCatIds())
         names = tuple(self.coco.cats[cat_id]["name"] for cat_id in category_ids)
         if class_names and tuple(class_names) != names:
-            raise ValueError(
+            raise DatasetError(
                 f"{self.json_file}: categories {names} differ from the expected {tuple(class_names)}"
             )
         self.dataset_id_to_contiguous_id = {
@@ -69,22 +79,64 @@ class COCODataset(DetectionDataset):
         records = []
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
+            source = f"{self.json_file}, image id {image_id}"
             annotations = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-            boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)]
-            labels = [self.dataset_id_to_contiguous_id[a["category_id"]] for a in annotations]
+            boxes = [self._box_xyxy(a) for a in annotations]
+            labels = [self._label(a) for a in annotations]
             records.append(
                 make_record(
                     image_id,
-                    self.image_root / info["file_name"],
-                    info["height"],
-                    info["width"],
+                    image_path_inside(self.image_root, info.get("file_name", ""), f"{source}: file_name"),
+                    self._size(info, "height", source),  # missing: read from the image file
+                    self._size(info, "width", source),
                     boxes,
                     labels,
                 )
             )
+        orphans = [
+            a.get("id") for i, anns in self.coco.imgToAnns.items() if i not in self.coco.imgs for a in anns
+        ]
+        self.num_orphan_annotations = len(orphans)
+        if orphans:
+            logger.warning(
+                "%s: skipped %d annotations whose image_id is not among the images (annotation ids %s%s); "
+                "add those images to 'images' or remove the annotations",
+                self.json_file, len(orphans), ", ".join(map(str, orphans[:5])), ", ..." if len(orphans) > 5 else "",
+            )  # fmt: skip
         super().__init__(records, (BACKGROUND, *names), transform, is_train, name=f"COCO {self.json_file}")
         if remove_empty:
             self._records = [record for record in self._records if len(record["labels"])]
+
+    def _label(self, annotation: dict[str, Any]) -> int:
+        category_id = annotation.get("category_id")
+        if category_id not in self.dataset_id_to_contiguous_id:
+            raise DatasetError(
+                f"{self.json_file}, annotation id {annotation.get('id')}: category_id {category_id!r} is not "
+                f"among the categories (ids {sorted(self.dataset_id_to_contiguous_id)}); add it to "
+                "'categories' or fix the annotation"
+            )
+        return self.dataset_id_to_contiguous_id[category_id]
+
+    def _box_xyxy(self, annotation: dict[str, Any]) -> list[float]:
+        """COCO `bbox` (x, y, w, h) -> [x1, y1, x2, y2] pixels; anything but 4 finite numbers is an error."""
+        bbox = annotation.get("bbox")
+        numbers = isinstance(bbox, list | tuple) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
+        )
+        if not numbers or len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+            raise DatasetError(
+                f"{self.json_file}, annotation id {annotation.get('id')}: bbox must be 4 numbers "
+                f"[x, y, width, height], got {bbox!r}"
+            )
+        x, y, w, h = bbox
+        return [x, y, x + w, y + h]
+
+    @staticmethod
+    def _size(info: dict[str, Any], key: str, source: str) -> int:
+        value = info.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+            raise DatasetError(f"{source}: {key} must be a whole number of pixels, got {value!r}")
+        return int(value)
 
     @property
     def contiguous_id_to_dataset_id(self) -> dict[int, int]:

@@ -1,8 +1,9 @@
 """A CSV file of boxes plus a folder of images.
 
 Format: a header `filename,width,height,class,xmin,ymin,xmax,ymax`, then one row per box; `filename` is
-relative to the image folder. An image without objects is a row whose `class` and coordinates are empty.
-Images appear in the order of their first row.
+relative to the image folder (absolute paths and `..` are refused). An image without objects is a row whose
+`class` and coordinates are all empty; a row with coordinates but no class, or with more or fewer fields than
+the header, is an error naming its line. Images appear in the order of their first row.
 
 Coordinates: by default 0-based pixel corners, used as they are. Many CSV files are converted from VOC XML
 (labelImg, Roboflow and the popular `xml_to_csv` scripts copy the XML numbers), and so keep VOC's 1-based
@@ -18,10 +19,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssd.data.datasets.base import DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 from ssd.data.datasets.voc import class_maps
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
 COORDINATE_CONVENTIONS = ("zero_based", "one_based")  # the optional last field of a DATASETS.REGISTER entry
+
+
+def _float(row: dict[str, str], key: str, source: str) -> float:
+    try:
+        return float(row[key])
+    except ValueError:
+        raise DatasetError(f"{source}: {key} is {row[key]!r}, not a number") from None
+
+
+def _integer(row: dict[str, str], key: str, source: str) -> int:
+    """Width or height; empty means "not stated" (0): the dataset reads it from the image file."""
+    if not row[key]:
+        return 0
+    value = _float(row, key, source)
+    if not value.is_integer():  # also refuses inf and nan
+        raise DatasetError(f"{source}: {key} is {row[key]!r}, not a whole number of pixels")
+    return int(value)
 
 
 class CSVDataset(DetectionDataset):
@@ -46,41 +65,59 @@ class CSVDataset(DetectionDataset):
     ) -> None:
         self.csv_file, self.image_dir = Path(csv_file), Path(image_dir)
         if not self.csv_file.is_file():
-            raise FileNotFoundError(f"CSV annotation file not found: {self.csv_file}")
+            raise DatasetFileNotFoundError(f"CSV annotation file not found: {self.csv_file}")
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"CSV image folder not found: {self.image_dir}")
+            raise DatasetFileNotFoundError(f"CSV image folder not found: {self.image_dir}")
         with self.csv_file.open(newline="") as handle:
             reader = csv.DictReader(handle)
             header = tuple(name.strip() for name in reader.fieldnames or ())
             if header != CSV_COLUMNS:
-                raise ValueError(
+                raise DatasetError(
                     f"{self.csv_file}: header must be {','.join(CSV_COLUMNS)}, got {','.join(header)}"
                 )
-            rows = [{key.strip(): (value or "").strip() for key, value in row.items()} for row in reader]
+            rows = []  # (line number in the file, row)
+            for row in reader:
+                if None in row or None in row.values():  # DictReader's markers of extra / missing fields
+                    fields = len(CSV_COLUMNS) + len(row.get(None, ())) - list(row.values()).count(None)
+                    raise DatasetError(
+                        f"{self.csv_file}, line {reader.line_num}: {fields} fields, the header has "
+                        f"{len(CSV_COLUMNS)} ({','.join(CSV_COLUMNS)}); quote values that hold a comma"
+                    )
+                rows.append((reader.line_num, {key.strip(): value.strip() for key, value in row.items()}))
 
         if not class_names:
-            class_names = sorted({row["class"] for row in rows if row["class"]})
+            class_names = sorted({row["class"] for _, row in rows if row["class"]})
         all_names, class_to_label = class_maps(class_names)
         images: dict[str, dict] = {}  # file name -> {"size": (h, w), "boxes": [...], "labels": [...]}
-        for line, row in enumerate(rows, start=2):
-            try:
-                image = images.setdefault(
-                    row["filename"],
-                    {"size": (int(row["height"]), int(row["width"])), "boxes": [], "labels": []},
-                )
-                if not row["class"]:
-                    continue
-                if row["class"] not in class_to_label:
-                    raise ValueError(
-                        f"unknown class {row['class']!r}; known classes: {', '.join(class_to_label)}"
+        for line, row in rows:
+            source = f"{self.csv_file}, line {line}"
+            corners = [row[key] for key in ("xmin", "ymin", "xmax", "ymax")]
+            if row["filename"] not in images:
+                images[row["filename"]] = {
+                    "path": image_path_inside(self.image_dir, row["filename"], source),
+                    "size": (_integer(row, "height", source), _integer(row, "width", source)),
+                    "boxes": [],
+                    "labels": [],
+                }
+            image = images[row["filename"]]
+            if not row["class"]:
+                if any(corners):  # a box without a class would be lost silently
+                    raise DatasetError(
+                        f"{source}: coordinates without a class; write the class, or leave class and all "
+                        "four coordinates empty for an image without objects"
                     )
-                shift = 1.0 if one_based else 0.0  # VOC's 1-based pixel indices -> 0-based corners
-                image["boxes"].append([float(row[key]) - shift for key in ("xmin", "ymin", "xmax", "ymax")])
-                image["labels"].append(class_to_label[row["class"]])
-            except ValueError as error:
-                raise ValueError(f"{self.csv_file}, line {line}: {error}") from None
+                continue
+            if row["class"] not in class_to_label:
+                raise DatasetError(
+                    f"{source}: unknown class {row['class']!r}; known classes: {', '.join(class_to_label)}"
+                )
+            shift = 1.0 if one_based else 0.0  # VOC's 1-based pixel indices -> 0-based corners
+            image["boxes"].append(
+                [_float(row, key, source) - shift for key in ("xmin", "ymin", "xmax", "ymax")]
+            )
+            image["labels"].append(class_to_label[row["class"]])
         records = [
-            make_record(name, self.image_dir / name, *image["size"], image["boxes"], image["labels"])
+            make_record(name, image["path"], *image["size"], image["boxes"], image["labels"])
             for name, image in images.items()
         ]
         super().__init__(records, all_names, transform, is_train, name=f"CSV {self.csv_file}")

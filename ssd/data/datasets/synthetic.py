@@ -76,6 +76,8 @@ class SyntheticShapesDataset(DetectionDataset):
         transform, is_train: see `DetectionDataset`.
     """
 
+    reads_image_files = False  # images are rendered from the seed, there is no file to check
+
     def __init__(
         self,
         num_images: int = 1000,

@@ -21,26 +21,51 @@ here so zero-area annotations stay zero-area and are reported as degenerate.)
 (lufficc/SSD crashes on a missing tag, which custom VOC-style files often lack). Training datasets drop
 difficult boxes; evaluation keeps them so the VOC metric can ignore them.
 
-XML is parsed with the standard library after rejecting any DOCTYPE or ENTITY declaration, so crafted files
-cannot expand entities (the "billion laughs" attack) or reach external resources.
+XML safety: any DOCTYPE (and so any ENTITY declaration, which can only sit inside one) is refused, so crafted
+files cannot expand entities (the "billion laughs" attack) or reach external resources. The refusal comes from
+an expat handler that fires when the parser meets the DOCTYPE, after the file has been decoded in whatever
+encoding it declares (UTF-16 included) and before any entity is declared or expanded; a scan of the raw bytes
+would miss a UTF-16 file, and libexpat's own amplification limit exists only in recent versions.
+
+`<filename>` must name a file inside the annotation's folder (see `base.image_path_inside`); a VOC split
+file's ids must stay inside Annotations/ and JPEGImages/.
 """
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from xml.parsers import expat
 
-from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, image_size_from_file, make_record
+from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, make_record
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+def _refuse_doctype(data: bytes, path: Path) -> None:
+    """Run expat over `data` with handlers that raise at a DOCTYPE or entity declaration (see module doc)."""
+
+    def refuse(*_args) -> None:
+        raise DatasetError(
+            f"{path}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion); "
+            "annotation files need neither: remove the declaration"
+        )
+
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse  # unreachable without a DOCTYPE; kept as a second lock
+    parser.UnparsedEntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as error:
+        raise DatasetError(f"{path}: malformed XML ({error})") from None
 
 
 def parse_xml_safely(path: Path) -> ET.Element:
@@ -48,20 +73,25 @@ def parse_xml_safely(path: Path) -> ET.Element:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
-    if _DECLARATION.search(data):
-        raise ValueError(f"{path}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)")
+        raise DatasetFileNotFoundError(f"annotation file not found: {path}") from None
+    _refuse_doctype(data, path)
     try:
         return ET.fromstring(data)
     except ET.ParseError as error:
-        raise ValueError(f"{path}: malformed XML ({error})") from None
+        raise DatasetError(f"{path}: malformed XML ({error})") from None
 
 
-def _number(element: ET.Element, tag: str, path: Path) -> float:
-    node = element.find(tag)
-    if node is None or not (node.text or "").strip():
-        raise ValueError(f"{path}: <{tag}> missing in an <object>")
-    return float(node.text)
+def _number(element: ET.Element, tag: str, path: Path, what: str) -> float:
+    """The number in `element`'s child <tag>; a missing, empty or non-numeric value names the file."""
+    text = (element.findtext(tag) or "").strip()
+    if not text:
+        raise DatasetError(f"{path}: <{tag}> missing or empty in {what}")
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetError(
+            f"{path}: <{tag}> of {what} is {text!r}, not a number; write plain numbers"
+        ) from None
 
 
 def parse_voc_xml(
@@ -78,27 +108,33 @@ def parse_voc_xml(
     if image_path is None:
         file_name = (root.findtext("filename") or "").strip()
         if not file_name:
-            raise ValueError(f"{xml_path}: <filename> missing, cannot locate the image")
-        image_path = xml_path.parent / file_name
-    width = int(float(root.findtext("size/width") or 0))
-    height = int(float(root.findtext("size/height") or 0))
-    if width <= 0 or height <= 0:  # some tools write <size> as 0: read it from the image instead
-        height, width = image_size_from_file(image_path)
+            raise DatasetError(f"{xml_path}: <filename> missing, cannot locate the image")
+        image_path = image_path_inside(xml_path.parent, file_name, f"{xml_path}: <filename>")
+    # A missing or 0 <size> (some tools write 0) is read from the image file by DetectionDataset, which also
+    # replaces a stated size that differs from the file's.
+    size = root.find("size")
+    height = width = 0
+    if size is not None and (size.findtext("width") or "").strip():
+        width = int(_number(size, "width", xml_path, "<size>"))
+    if size is not None and (size.findtext("height") or "").strip():
+        height = int(_number(size, "height", xml_path, "<size>"))
 
     boxes, labels, difficult = [], [], []
-    for obj in root.iter("object"):
+    for index, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
-            raise ValueError(
+            raise DatasetError(
                 f"{xml_path}: unknown class {name!r}; known classes: {', '.join(class_to_label)}"
             )
         bndbox = obj.find("bndbox")
+        what = f"<object> {index} ({name!r})"
         if bndbox is None:
-            raise ValueError(f"{xml_path}: <object> {name!r} without <bndbox>")
+            raise DatasetError(f"{xml_path}: {what} without <bndbox>")
         # 1-based pixel indices -> 0-based coordinates, see the module docstring.
-        boxes.append([_number(bndbox, tag, xml_path) - 1 for tag in ("xmin", "ymin", "xmax", "ymax")])
+        boxes.append([_number(bndbox, tag, xml_path, what) - 1 for tag in ("xmin", "ymin", "xmax", "ymax")])
         labels.append(class_to_label[name])
-        difficult.append(int(float((obj.findtext("difficult") or "0").strip() or 0)) != 0)
+        flag = (obj.findtext("difficult") or "").strip()
+        difficult.append(flag != "" and _number(obj, "difficult", xml_path, what) != 0)
     return make_record(xml_path.stem, image_path, height, width, boxes, labels, difficult)
 
 
@@ -106,7 +142,7 @@ def class_maps(class_names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, i
     """Class names without background -> (class_names with background first, name -> label)."""
     names = tuple(str(name).strip() for name in class_names if name != BACKGROUND)
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate class names in {names}")
+        raise DatasetError(f"duplicate class names in {names}")
     return (BACKGROUND, *names), {name: label for label, name in enumerate(names, start=1)}
 
 
@@ -135,18 +171,20 @@ class VOCDataset(DetectionDataset):
         self.split = split
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(
+            raise DatasetFileNotFoundError(
                 f"VOC split file not found: {split_file} (expected the VOC layout "
                 "ROOT/{Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt})"
             )
         image_ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
         all_names, class_to_label = class_maps(class_names)
-        records = [
-            parse_voc_xml(
-                self.root / "Annotations" / f"{image_id}.xml",
-                class_to_label,
-                image_path=self.root / "JPEGImages" / f"{image_id}{image_ext}",
+        records = []
+        for line, image_id in enumerate(image_ids, start=1):
+            source = f"{split_file}, entry {line}"
+            records.append(
+                parse_voc_xml(
+                    image_path_inside(self.root / "Annotations", f"{image_id}.xml", source),
+                    class_to_label,
+                    image_path=image_path_inside(self.root / "JPEGImages", f"{image_id}{image_ext}", source),
+                )
             )
-            for image_id in image_ids
-        ]
         super().__init__(records, all_names, transform, is_train, name=f"VOC {self.root}:{split}")

@@ -1,8 +1,9 @@
 """A folder of images with one VOC XML file beside each (no ImageSets), as labelling tools write them.
 
 Every `*.xml` in the folder is one image; the image is the XML's <filename> in the same folder, or, when
-that file does not exist, the image with the XML's stem and a common extension. Pixel convention and XML
-safety: see `voc.py`.
+that file does not exist, the image with the XML's stem and a common extension. A <filename> that leaves the
+folder (absolute, or climbing out with `..`) is refused with an error naming the XML file. Pixel convention
+and XML safety: see `voc.py`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssd.data.datasets.base import DetectionDataset, Transform
+from ssd.data.datasets.image_files import DatasetFileNotFoundError, image_path_inside
 from ssd.data.datasets.voc import class_maps, parse_voc_xml, parse_xml_safely
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
@@ -18,13 +20,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 def _find_image(xml_path: Path) -> Path:
     file_name = (parse_xml_safely(xml_path).findtext("filename") or "").strip()
-    if file_name and (xml_path.parent / file_name).is_file():
-        return xml_path.parent / file_name
+    if file_name:
+        named = image_path_inside(xml_path.parent, file_name, f"{xml_path}: <filename>")
+        if named.is_file():
+            return named
     for ext in IMAGE_EXTENSIONS:
         candidate = xml_path.with_suffix(ext)
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise DatasetFileNotFoundError(
         f"{xml_path}: no image found beside it (tried <filename> {file_name!r} and "
         f"{xml_path.stem}{{{','.join(IMAGE_EXTENSIONS)}}})"
     )
@@ -56,12 +60,12 @@ class XMLFolderDataset(DetectionDataset):
     ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(
+            raise DatasetFileNotFoundError(
                 f"XML folder not found: {self.folder} (expected images with one VOC <stem>.xml beside each)"
             )
         xml_files = sorted(self.folder.glob("*.xml"))
         if not xml_files:
-            raise FileNotFoundError(f"no *.xml annotation files in {self.folder}")
+            raise DatasetFileNotFoundError(f"no *.xml annotation files in {self.folder}")
         if not class_names:
             class_names = _class_names_in(xml_files)
         all_names, class_to_label = class_maps(class_names)

@@ -1,0 +1,715 @@
+"""Bad input and faults, one case each: every test asserts the named error or the reported count.
+
+Each case is registered with `@case(...)`, which also records what the package does with that input;
+docs/bad_inputs.md shows that table, and `test_docs_table_lists_every_case` keeps the two equal. After adding
+a case, rewrite the table with
+
+    python tests/test_bad_inputs.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_train_e2e import TINY
+
+from ssd.config import ConfigError, get_cfg
+from ssd.data.build import build_dataset, check_num_classes
+from ssd.data.datasets import COCODataset, CSVDataset, VOCDataset, XMLFolderDataset
+from ssd.data.datasets.image_files import DatasetError, read_image_rgb
+from ssd.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    NonFiniteWeightsError,
+    load_checkpoint_file,
+    save_checkpoint_file,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # train.py, test.py and demo.py live at the repository root
+import demo  # noqa: E402
+import test as test_cli  # noqa: E402
+import train as train_cli  # noqa: E402
+
+DOC = REPO / "docs" / "bad_inputs.md"
+TABLE_START, TABLE_END = "<!-- cases: start -->", "<!-- cases: end -->"
+HEADER = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+
+BAD_INPUTS: dict[str, tuple[str, str]] = {}  # case id -> (bad input, what the package does)
+
+
+def case(case_id: str, bad_input: str, outcome: str):
+    """Register one row of docs/bad_inputs.md for the decorated test."""
+
+    def register(test):
+        BAD_INPUTS[case_id] = (bad_input, outcome)
+        return test
+
+    return register
+
+
+def render_table() -> str:
+    rows = [f"| `{cid}` | {bad} | {outcome} |" for cid, (bad, outcome) in sorted(BAD_INPUTS.items())]
+    return "\n".join(["| case | bad input | what happens |", "|---|---|---|", *rows])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py leaves the thread count alone when this is set
+    yield
+    torch.set_num_threads(threads)
+
+
+def _image(path: Path, width: int = 96, height: int = 64) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((height, width, 3), 90, np.uint8))
+    return path
+
+
+def _xml(file_name: str, objects: str = "", width="96", height="64") -> str:
+    return (
+        f"<annotation><filename>{file_name}</filename><size><width>{width}</width><height>{height}</height>"
+        f"</size>{objects}</annotation>"
+    )
+
+
+def _object(name: str, corners=("11", "11", "201", "61")) -> str:
+    x1, y1, x2, y2 = corners
+    return (
+        f"<object><name>{name}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+        f"<ymax>{y2}</ymax></bndbox></object>"
+    )
+
+
+def _coco(path: Path, images: list[dict], annotations: list[dict], categories=None) -> Path:
+    categories = categories or [{"id": 1, "name": "cat"}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _ann(ann_id: int, image_id: int, bbox, category_id: int = 1) -> dict:
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "iscrowd": 0,
+        "area": 1,
+    }
+
+
+# ----- 1. annotated image size ---------------------------------------------------------------------------------
+
+
+@case(
+    "size-wrong-voc",
+    "VOC XML `<size>` 256 x 256 on a 96 x 64 image",
+    "counted: the file's size is used, one warning names the file and both sizes",
+)
+@case("size-wrong-csv", "CSV width/height 256 x 256 on a 96 x 64 image", "counted, as `size-wrong-voc`")
+@case("size-wrong-coco", "COCO `width`/`height` 256 x 256 on a 96 x 64 image", "counted, as `size-wrong-voc`")
+@pytest.mark.parametrize("fmt", ["voc", "csv", "coco"])
+def test_annotated_size_that_differs_from_the_file(tmp_path, caplog, fmt):
+    # One box (10, 10, 200, 60) in pixels of the file: clipped to the file's width 96, which it would not be
+    # against the annotated 256; the evaluator scales detections back with the (height, width) checked here.
+    if fmt == "voc":
+        (tmp_path / "a.xml").write_text(_xml("a.png", _object("cat"), width="256", height="256"))
+        _image(tmp_path / "a.png")
+        make = lambda: XMLFolderDataset(tmp_path)  # noqa: E731
+    elif fmt == "csv":
+        _image(tmp_path / "a.png")
+        (tmp_path / "a.csv").write_text(HEADER + "a.png,256,256,cat,10,10,200,60\n")
+        make = lambda: CSVDataset(tmp_path / "a.csv", tmp_path)  # noqa: E731
+    else:
+        _image(tmp_path / "a.png")
+        images = [{"id": 1, "file_name": "a.png", "width": 256, "height": 256}]
+        json_file = _coco(tmp_path / "a.json", images, [_ann(1, 1, [10, 10, 190, 50])])
+        make = lambda: COCODataset(json_file, tmp_path)  # noqa: E731
+    with caplog.at_level(logging.WARNING):
+        dataset = make()
+    annotation = dataset.get_annotation(0)
+    assert (annotation["height"], annotation["width"]) == (64, 96)
+    assert annotation["boxes_xyxy"].tolist() == [[10, 10, 96, 60]]
+    assert dataset.num_size_mismatches == 1
+    assert any("a.png: annotated 256x256, file 96x64" in r.getMessage() for r in caplog.records)
+
+
+@case("size-missing-coco", "COCO image without `height`/`width`", "read from the image file, no warning")
+@case(
+    "size-zero-voc", "VOC XML `<size>` 0 x 0 (some labelling tools)", "read from the image file, no warning"
+)
+def test_missing_size_is_read_from_the_file(tmp_path, caplog):
+    _image(tmp_path / "a.png")
+    json_file = _coco(tmp_path / "a.json", [{"id": 1, "file_name": "a.png"}], [])
+    (tmp_path / "a.xml").write_text(_xml("a.png", width="0", height="0"))
+    with caplog.at_level(logging.WARNING):
+        for dataset in (COCODataset(json_file, tmp_path), XMLFolderDataset(tmp_path)):
+            annotation = dataset.get_annotation(0)
+            assert (annotation["height"], annotation["width"], dataset.num_size_mismatches) == (64, 96, 0)
+    assert not caplog.records
+
+
+@case(
+    "size-exif-rotated",
+    "a JPEG whose EXIF orientation turns it by 90 degrees, annotated with the decoded size",
+    "no mismatch: the size is read as OpenCV decodes the image (turned)",
+)
+def test_exif_rotated_jpeg_has_its_decoded_size(tmp_path, caplog):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.new("RGB", (96, 64), (10, 200, 30)).save(tmp_path / "a.jpg", exif=exif.tobytes())
+    assert read_image_rgb(tmp_path / "a.jpg").shape == (96, 64, 3)  # OpenCV turns it: 96 rows, 64 columns
+    (tmp_path / "a.csv").write_text(HEADER + "a.jpg,64,96,cat,1,1,9,9\n")
+    with caplog.at_level(logging.WARNING):
+        dataset = CSVDataset(tmp_path / "a.csv", tmp_path)
+    annotation = dataset.get_annotation(0)
+    assert (annotation["height"], annotation["width"], dataset.num_size_mismatches) == (96, 64, 0)
+    assert not caplog.records
+
+
+# ----- 2. diverged weights ---------------------------------------------------------------------------------------
+
+
+class NaNGradientAt(torch.nn.Module):
+    """The real detector, but at its `at`-th training call the gradients turn NaN while the losses stay finite:
+    sqrt(0 * s) is 0 going forward, and its derivative inf * 0 = NaN going back. So the last update of a run
+    can leave NaN weights without any loss term showing it."""
+
+    def __init__(self, model, at: int):
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, images, targets=None, **kwargs):
+        losses = self.model(images, targets, **kwargs)
+        if targets is not None and self.model.training:
+            self.calls += 1
+            if self.calls == self.at:
+                total = sum(p.sum() for p in self.model.parameters())
+                losses["reg_loss"] = losses["reg_loss"] + torch.sqrt(total * 0)
+        return losses
+
+
+def run_train(output_dir: Path, *extra: str, resume: bool = False) -> int:
+    args = ["--config-file", "", "--skip-test", *(["--resume"] if resume else []), *TINY]
+    return train_cli.main([*args, "OUTPUT_DIR", str(output_dir), *extra])
+
+
+@case(
+    "diverged-last-iteration",
+    "weights turn NaN in the last update while the losses stay finite",
+    "error, exit status 3: no `model_final.pth`; the message names the last checkpoint with finite weights",
+)
+def test_a_diverged_model_is_never_saved(tmp_path, monkeypatch):
+    import ssd.modeling
+
+    real_build = ssd.modeling.build_detection_model
+    monkeypatch.setattr(
+        ssd.modeling, "build_detection_model", lambda cfg: NaNGradientAt(real_build(cfg), at=3)
+    )
+    status = run_train(
+        tmp_path, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.OPTIMIZER", "SGD"
+    )
+    assert status == train_cli.EXIT_NON_FINITE
+    log = (tmp_path / "log.txt").read_text()
+    assert f"Not saving {tmp_path / 'model_final.pth'} at iteration 3" in log
+    assert f"Last checkpoint with finite weights: {tmp_path / 'model_0000002.pth'}" in log
+    assert not (tmp_path / "model_final.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    saved = load_checkpoint_file(tmp_path / "model_0000002.pth")["model"]
+    assert all(torch.isfinite(value).all() for value in saved.values() if value.is_floating_point())
+
+
+@case(
+    "diverged-checkpoint-resume",
+    "`--resume` from a checkpoint whose weights hold inf",
+    "error naming the file and how to pick an earlier one",
+)
+def test_resume_refuses_a_diverged_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(model, tmp_path)
+    checkpointer.save("model_0000001", 1)
+    bad = {
+        "model": {k: torch.full_like(v, float("inf")) for k, v in model.state_dict().items()},
+        "iteration": 2,
+    }
+    save_checkpoint_file(bad, tmp_path / "model_0000002.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000002.pth")
+    with pytest.raises(NonFiniteWeightsError, match=r"model_0000002\.pth holds a diverged model.*weight"):
+        Checkpointer(model, tmp_path).resume()
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match=r"Not saving .*model_0000003\.pth.*NaN/inf in weight"):
+        checkpointer.save("model_0000003", 3)
+    assert not (tmp_path / "model_0000003.pth").exists()
+    assert checkpointer.last_saved == tmp_path / "model_0000001.pth"
+
+
+# ----- 3. resume with changed settings, and 9. pruning -------------------------------------------------------
+
+
+@case(
+    "resume-changed-lr",
+    "`--resume ... SOLVER.LR 1e-3` after a run with another LR",
+    "the new value applies; each changed SOLVER key is logged",
+)
+@case(
+    "resume-changed-optimizer",
+    "`--resume ... SOLVER.OPTIMIZER AdamW` after an SGD run",
+    "error naming SOLVER.OPTIMIZER (its state cannot carry over), exit status 1",
+)
+@case(
+    "checkpoints-pruned",
+    "a long run's periodic checkpoints",
+    "only the newest SOLVER.MAX_TO_KEEP `model_N.pth` stay, with `model_final.pth`/`model_best.pth`",
+)
+def test_resume_applies_changed_solver_values_and_old_checkpoints_are_pruned(tmp_path):
+    common = (
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        "SOLVER.MAX_TO_KEEP",
+        "2",
+        "SOLVER.OPTIMIZER",
+        "SGD",
+    )
+    assert run_train(tmp_path, *common, "SOLVER.LR", "0.05") == 0
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000002.pth", "model_0000003.pth", "model_final.pth"
+    ]  # fmt: skip
+    (tmp_path / "model_final.pth").unlink()
+    (tmp_path / "last_checkpoint").write_text("model_0000002.pth")
+    assert run_train(tmp_path, *common, "SOLVER.LR", "0.001", resume=True) == 0
+    final = load_checkpoint_file(tmp_path / "model_final.pth")
+    # Iteration 4 is past the 2-iteration warmup and before the LR steps: the LR is SOLVER.LR itself.
+    assert final["scheduler"]["base_lrs"] == [0.001]
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001, rel=1e-12)
+    assert "SOLVER.LR changed from 0.05 (checkpoint) to 0.001" in (tmp_path / "log.txt").read_text()
+
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    assert run_train(tmp_path, *common, "SOLVER.OPTIMIZER", "AdamW", resume=True) == 1
+    message = (
+        "model_0000003.pth holds the state of a SGD optimizer, but this run uses AdamW (SOLVER.OPTIMIZER)"
+    )
+    assert message in (tmp_path / "log.txt").read_text()
+
+
+@case(
+    "checkpoints-pruned-unit",
+    "periodic saves with `max_to_keep` 2, then best and final",
+    "the two newest periodic files, best and final remain",
+)
+def test_pruning_keeps_the_newest_periodic_checkpoints_and_best_and_final(tmp_path):
+    checkpointer = Checkpointer(torch.nn.Linear(2, 2), tmp_path, max_to_keep=2)
+    for iteration in range(1, 6):
+        checkpointer.save(f"model_{iteration:07d}", iteration)
+        if iteration == 2:
+            checkpointer.save("model_best", iteration)
+    checkpointer.save("model_final", 5)
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000004.pth", "model_0000005.pth", "model_best.pth", "model_final.pth"
+    ]  # fmt: skip
+
+
+SAVER = """
+import sys, torch
+from ssd.engine.checkpoint import Checkpointer
+checkpointer = Checkpointer(torch.nn.Linear(1000, 4000), sys.argv[1], max_to_keep=2)
+iteration = 0
+while True:
+    iteration += 1
+    checkpointer.save(f"model_{iteration:07d}", iteration)
+"""
+
+
+@case(
+    "killed-during-save",
+    "SIGKILL while a checkpoint is being written",
+    "`last_checkpoint` names a complete file; the next run's resume deletes the stale `.model_N.pth.PID.tmp`",
+)
+def test_a_run_killed_while_saving_resumes_and_leaves_no_temporary_file(tmp_path):
+    for _attempt in range(5):  # the kill must land inside a write, which a few tries always achieved
+        folder = tmp_path / f"run{_attempt}"
+        folder.mkdir()
+        process = subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(folder)], env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (folder / "last_checkpoint").exists() or not list(folder.glob(".*.tmp")):
+                assert process.poll() is None and time.monotonic() < deadline, "saver died or never saved"
+                time.sleep(0.002)
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        if list(folder.glob(".*.tmp")):
+            break
+    stale = list(folder.glob(".*.tmp"))
+    assert stale, "no save was interrupted in 5 tries"
+    model = torch.nn.Linear(1000, 4000)
+    checkpointer = Checkpointer(model, folder, max_to_keep=2)
+    iteration = checkpointer.resume()["iteration"]
+    assert not list(folder.glob(".*.tmp"))
+    checkpointer.save(f"model_{iteration + 1:07d}", iteration + 1)
+    assert len(list(folder.glob("model_*.pth"))) == 2
+
+
+class Payload:
+    """Unpickling this object would run code (the file it is saved in is the attack)."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SSD_TEST_PAYLOAD"]),))
+
+
+@case(
+    "pickle-payload",
+    "a checkpoint file whose pickle would run code when loaded",
+    "error naming the file; the code never runs (`torch.load(weights_only=True)`)",
+)
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("SSD_TEST_PAYLOAD", str(marker))
+    torch.save({"model": {}, "extra": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*evil\.pth"):
+        load_checkpoint_file(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@case(
+    "boxes-outside-or-degenerate",
+    "boxes leaving the image, and zero-area or inverted boxes",
+    "counted: clipped to the image / dropped, one warning each naming example files",
+)
+def test_boxes_outside_the_image_are_clipped_and_degenerate_ones_dropped(tmp_path):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,-5,1,50,90\na.png,96,64,cat,30,9,30,20\n")
+    dataset = CSVDataset(tmp_path / "a.csv", tmp_path)
+    assert dataset.get_annotation(0)["boxes_xyxy"].tolist() == [[0, 1, 50, 64]]
+    assert (dataset.num_clipped_boxes, dataset.num_dropped_boxes) == (1, 1)
+
+
+# ----- 4. rows dropped --------------------------------------------------------------------------------------------
+
+
+@case(
+    "csv-class-empty-with-box",
+    "CSV row with coordinates but an empty class",
+    "error naming the file and line",
+)
+def test_csv_box_without_class(tmp_path):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\na.png,96,64,,5,5,20,20\n")
+    with pytest.raises(DatasetError, match=r"a\.csv, line 3: coordinates without a class"):
+        CSVDataset(tmp_path / "a.csv", tmp_path)
+
+
+@case(
+    "coco-orphan-annotation",
+    "COCO annotation whose `image_id` is not among the images",
+    "counted: skipped, one warning with the count and the annotation ids",
+)
+def test_coco_annotation_of_an_unknown_image(tmp_path, caplog):
+    _image(tmp_path / "a.png")
+    images = [{"id": 1, "file_name": "a.png", "width": 96, "height": 64}]
+    json_file = _coco(tmp_path / "a.json", images, [_ann(1, 1, [1, 1, 5, 5]), _ann(7, 42, [1, 1, 5, 5])])
+    with caplog.at_level(logging.WARNING):
+        dataset = COCODataset(json_file, tmp_path)
+    assert dataset.num_orphan_annotations == 1 and len(dataset.get_annotation(0)["labels"]) == 1
+    assert any(
+        "skipped 1 annotations" in r.getMessage() and "ids 7" in r.getMessage() for r in caplog.records
+    )
+
+
+# ----- 5. paths outside the dataset -----------------------------------------------------------------------------
+
+
+@case(
+    "path-outside-csv",
+    "CSV `filename` absolute or with `../`",
+    "refused: error naming the file, line and path",
+)
+@case("path-outside-coco", "COCO `file_name` with `../`", "refused: error naming the file and image id")
+@case("path-outside-xml", "XML `<filename>` absolute", "refused: error naming the XML file")
+@case("path-outside-voc-split", "VOC split file id with `../`", "refused: error naming the split file")
+@pytest.mark.parametrize("fmt", ["csv-dotdot", "csv-absolute", "coco", "xml", "voc-split"])
+def test_image_paths_outside_the_dataset_are_refused(tmp_path, fmt):
+    outside = _image(tmp_path / "secret.png")  # exists: the old code read it and trained on it
+    data = tmp_path / "data"
+    _image(data / "a.png")
+    if fmt.startswith("csv"):
+        name = "../secret.png" if fmt == "csv-dotdot" else str(outside)
+        (data / "a.csv").write_text(HEADER + f"{name},96,64,cat,1,1,9,9\n")
+        expected = rf"a\.csv, line 2: image path '{re.escape(name)}' does not name a file inside"
+        with pytest.raises(DatasetError, match=expected):
+            CSVDataset(data / "a.csv", data)
+    elif fmt == "coco":
+        images = [{"id": 3, "file_name": "../secret.png", "width": 96, "height": 64}]
+        json_file = _coco(data / "a.json", images, [])
+        with pytest.raises(
+            DatasetError, match=r"a\.json, image id 3: file_name: image path '\.\./secret\.png'"
+        ):
+            COCODataset(json_file, data)
+    elif fmt == "xml":
+        (data / "a.xml").write_text(_xml(str(outside)))
+        with pytest.raises(DatasetError, match=r"a\.xml: <filename>: image path .*secret\.png"):
+            XMLFolderDataset(data)
+    else:
+        (data / "ImageSets" / "Main").mkdir(parents=True)
+        (data / "ImageSets" / "Main" / "train.txt").write_text("../../secret\n")
+        with pytest.raises(DatasetError, match=r"train\.txt, entry 1: image path '\.\./\.\./secret\.xml'"):
+            VOCDataset(data, "train", ("cat",))
+
+
+# ----- 6. XML entity expansion --------------------------------------------------------------------------------------
+
+BILLION_LAUGHS = """<?xml version="1.0" encoding="{encoding}"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol9 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<annotation><filename>a.png</filename><object><name>&lol9;</name></object></annotation>
+"""
+
+
+@case(
+    "xml-doctype-utf8",
+    'XML with a DOCTYPE / ENTITY declaration ("billion laughs")',
+    "refused: error naming the file",
+)
+@case(
+    "xml-doctype-utf16",
+    "XML with a DOCTYPE / ENTITY declaration, encoded in UTF-16",
+    "refused the same way (the check runs after decoding)",
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_entity_declarations_are_refused_in_any_encoding(tmp_path, encoding):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.xml").write_bytes(BILLION_LAUGHS.format(encoding=encoding).encode(encoding))
+    with pytest.raises(DatasetError, match=r"a\.xml: XML with a DOCTYPE or ENTITY declaration is refused"):
+        XMLFolderDataset(tmp_path, class_names=("cat",))
+
+
+# ----- 7. malformed values ------------------------------------------------------------------------------------------
+
+
+@case(
+    "coco-unknown-category",
+    "COCO `category_id` missing from `categories`",
+    "error naming the file and annotation id",
+)
+@case("coco-bbox-3-numbers", "COCO `bbox` of 3 numbers", "error naming the file and annotation id")
+@case("csv-extra-column", "CSV row with a 9th field", "error naming the file, line and field count")
+@case("xml-xmin-text", "XML `<xmin>abc</xmin>`", "error naming the file, object and value")
+@case("xml-width-unit", "XML `<width>96px</width>`", "error naming the file and value")
+@case(
+    "unknown-class", "a class name not in DATASETS.CLASS_NAMES", "error naming the file and the known classes"
+)
+@pytest.mark.parametrize(
+    "fmt",
+    ["coco-category", "coco-bbox", "csv-extra", "xml-xmin", "xml-width", "xml-unknown-class"],
+)
+def test_malformed_values_name_file_and_place(tmp_path, fmt):
+    _image(tmp_path / "a.png")
+    images = [{"id": 1, "file_name": "a.png", "width": 96, "height": 64}]
+    if fmt == "coco-category":
+        json_file = _coco(tmp_path / "a.json", images, [_ann(5, 1, [1, 1, 5, 5], category_id=99)])
+        expected = r"a\.json, annotation id 5: category_id 99 is not among the categories \(ids \[1\]\)"
+        make = lambda: COCODataset(json_file, tmp_path)  # noqa: E731
+    elif fmt == "coco-bbox":
+        json_file = _coco(tmp_path / "a.json", images, [_ann(6, 1, [1, 1, 5])])
+        expected = r"a\.json, annotation id 6: bbox must be 4 numbers"
+        make = lambda: COCODataset(json_file, tmp_path)  # noqa: E731
+    elif fmt == "csv-extra":
+        (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9,extra\n")
+        expected = r"a\.csv, line 2: 9 fields, the header has 8"
+        make = lambda: CSVDataset(tmp_path / "a.csv", tmp_path)  # noqa: E731
+    else:
+        corners = ("abc", "1", "9", "9") if fmt == "xml-xmin" else ("1", "1", "9", "9")
+        name = "zebra" if fmt == "xml-unknown-class" else "cat"
+        width = "96px" if fmt == "xml-width" else "96"
+        (tmp_path / "a.xml").write_text(_xml("a.png", _object(name, corners), width=width))
+        expected = {
+            "xml-xmin": r"a\.xml: <xmin> of <object> 1 \('cat'\) is 'abc', not a number",
+            "xml-width": r"a\.xml: <width> of <size> is '96px', not a number",
+            "xml-unknown-class": r"a\.xml: unknown class 'zebra'; known classes: cat",
+        }[fmt]
+        make = lambda: XMLFolderDataset(tmp_path, class_names=("cat",))  # noqa: E731
+    with pytest.raises(DatasetError, match=expected):
+        make()
+
+
+@case(
+    "num-classes-too-small",
+    "MODEL.NUM_CLASSES smaller than the dataset's classes",
+    "error naming MODEL.NUM_CLASSES and the value to set, exit status 1",
+)
+def test_num_classes_that_does_not_fit_the_data(tmp_path):
+    assert run_train(tmp_path, "SOLVER.MAX_ITER", "1", "MODEL.NUM_CLASSES", "3") == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "MODEL.NUM_CLASSES is 3, but dataset 'tiny_train' has 4 classes with background" in log
+    assert "set MODEL.NUM_CLASSES 4" in log
+    with pytest.raises(ConfigError, match=r"is 5, but dataset 'x' has 4 classes .*set MODEL.NUM_CLASSES 4"):
+        check_num_classes(5, ("__background__", "a", "b", "c"), "x")
+
+
+# ----- 8. corrupt images, demo, test.py, empty datasets -----------------------------------------------------------------
+
+
+@case(
+    "image-missing-or-not-an-image",
+    "an annotated image that is missing, or not an image",
+    "error when the dataset is built, naming every bad file",
+)
+@case(
+    "image-truncated",
+    "a truncated PNG (valid header) with DATASETS.CHECK_IMAGES True",
+    "error at start-up naming the file (without the option: when first loaded)",
+)
+def test_bad_image_files_fail_at_start_up(tmp_path):
+    _image(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\nb.png,96,64,,,,,\nc.png,96,64,,,,,\n")
+    with pytest.raises(DatasetError, match=r"2 of 3 image files cannot be read: .*b\.png; .*c\.png"):
+        CSVDataset(tmp_path / "a.csv", tmp_path)
+    cv2.imwrite(
+        str(tmp_path / "b.png"), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    )
+    data = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(data[: len(data) // 2])  # the header survives, half the pixels do not
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\nb.png,96,64,,,,,\n")
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["DATASETS.REGISTER", (f"t:csv:{tmp_path / 'a.csv'}:{tmp_path}",), "MODEL.NUM_CLASSES", 2]
+    )
+    assert len(build_dataset(cfg, ["t"], is_train=True)) == 2  # the header is fine: found only when loaded
+    cfg.merge_from_list(["DATASETS.CHECK_IMAGES", True])
+    with pytest.raises(DatasetError, match=r"1 of 2 images cannot be decoded: cannot decode .*b\.png"):
+        build_dataset(cfg, ["t"], is_train=True)
+
+
+@case(
+    "demo-unreadable-image",
+    "`demo.py` on a folder where one image is unreadable",
+    "that image is reported and skipped, the others are written, exit status 1 naming it",
+)
+def test_demo_goes_on_past_an_unreadable_image(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_bad.png").write_bytes(b"not an image")
+    _image(folder / "b_good.png")
+    with pytest.raises(SystemExit) as err:
+        demo.main(["--images-dir", str(folder), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"])
+    assert (
+        str(err.value) == f"demo.py: 1 of 2 images could not be read and were skipped: {folder / 'a_bad.png'}"
+    )
+    assert "a_bad.png: skipped, cannot decode image file" in capsys.readouterr().err
+    assert cv2.imread(str(tmp_path / "out" / "b_good.png")) is not None
+
+
+@case(
+    "test-py-bad-config",
+    "`test.py` with an unknown config key, a missing checkpoint or a checkpoint holding NaN",
+    "one line `test.py: ...`, exit status 1, no traceback",
+)
+@case(
+    "dataset-file-missing",
+    "a dataset's annotation file or folder that does not exist",
+    "error naming the path (train.py / test.py: one line, exit status 1)",
+)
+@case(
+    "empty-dataset",
+    "an empty dataset in DATASETS.TRAIN or DATASETS.TEST",
+    "error naming the dataset (train.py: exit status 1; test.py: one line, exit status 1)",
+)
+def test_test_py_errors_are_one_line_and_empty_datasets_are_named(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        test_cli.main(["--config-file", "", "--ckpt", "x.pth", "MODEL.NO_SUCH_KEY", "1"])
+    assert str(err.value).startswith("test.py: ") and "MODEL.NO_SUCH_KEY" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        test_cli.main(
+            [
+                "--config-file",
+                "",
+                "--ckpt",
+                str(tmp_path / "nope.pth"),
+                *TINY,
+                "DATASETS.TEST",
+                "('tiny_train',)",
+                "OUTPUT_DIR",
+                str(tmp_path),
+            ]
+        )
+    assert str(err.value) == f"test.py: checkpoint not found: {tmp_path / 'nope.pth'}"
+    torch.save({"model": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "diverged.pth")
+    with pytest.raises(SystemExit) as err:
+        test_cli.main(
+            ["--config-file", "", "--ckpt", str(tmp_path / "diverged.pth"), *TINY, "DATASETS.TEST", "('tiny_train',)",
+             "OUTPUT_DIR", str(tmp_path)]
+        )  # fmt: skip
+    assert (
+        str(err.value)
+        == f"test.py: {tmp_path / 'diverged.pth'} holds NaN/inf weights (w): it was saved by a diverged run; use an earlier checkpoint"
+    )
+
+    missing = (
+        "DATASETS.REGISTER",
+        f"('gone:csv:{tmp_path / 'gone.csv'}:{tmp_path}',)",
+        "DATASETS.TRAIN",
+        "('gone',)",
+    )
+    assert run_train(tmp_path / "gone", "SOLVER.MAX_ITER", "1", *missing) == 1
+    assert (
+        f"CSV annotation file not found: {tmp_path / 'gone.csv'}"
+        in (tmp_path / "gone" / "log.txt").read_text()
+    )
+
+    (tmp_path / "empty.csv").write_text(HEADER)
+    empty = ("DATASETS.REGISTER", f"('empty:csv:{tmp_path / 'empty.csv'}:{tmp_path}',)")
+    assert run_train(tmp_path / "train", "SOLVER.MAX_ITER", "1", *empty, "DATASETS.TRAIN", "('empty',)") == 1
+    assert "dataset 'empty' (DATASETS.TRAIN) is empty" in (tmp_path / "train" / "log.txt").read_text()
+    from ssd.modeling import build_detection_model
+
+    cfg = get_cfg()
+    cfg.merge_from_list(list(TINY))
+    torch.save({"model": build_detection_model(cfg).state_dict()}, tmp_path / "tiny.pth")
+    with pytest.raises(SystemExit) as err:
+        test_cli.main(
+            ["--config-file", "", "--ckpt", str(tmp_path / "tiny.pth"), *TINY, *empty, "DATASETS.TEST", "('empty',)",
+             "OUTPUT_DIR", str(tmp_path / "test")]
+        )  # fmt: skip
+    assert str(err.value).startswith("test.py: dataset 'empty' (DATASETS.TEST / DATASETS.VAL) is empty")
+
+
+# ----- the documented table ------------------------------------------------------------------------------------------
+
+
+def test_docs_table_lists_every_case():
+    text = DOC.read_text()
+    table = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
+    assert table == render_table(), "docs/bad_inputs.md is stale: run `python tests/test_bad_inputs.py`"
+
+
+if __name__ == "__main__":  # rewrite the table in docs/bad_inputs.md
+    text = DOC.read_text()
+    before, rest = text.split(TABLE_START)
+    after = rest.split(TABLE_END)[1]
+    DOC.write_text(f"{before}{TABLE_START}\n{render_table()}\n{TABLE_END}{after}")
+    print(f"wrote {len(BAD_INPUTS)} cases to {DOC}")
