@@ -49,10 +49,10 @@ def evaluated(tmp_path_factory) -> Path:
     return out / "inference" / "report_shapes"
 
 
-def expected_gallery(folder: Path) -> dict[str, dict[str, int]]:
-    """{error type: {class: items}}: every error counted in errors.json, at most PER_CLASS per class."""
+def expected_gallery(folder: Path, per_class: int = PER_CLASS) -> dict[str, dict[str, int]]:
+    """{error type: {class: items}}: every error counted in errors.json, at most `per_class` per class."""
     counts = json.loads((folder / "errors.json").read_text())["counts"]
-    return {e: {c: min(n, PER_CLASS) for c, n in counts[e]["per_class"].items()} for e in ERROR_TYPES}
+    return {e: {c: min(n, per_class) for c, n in counts[e]["per_class"].items()} for e in ERROR_TYPES}
 
 
 def chromium_or_skip() -> str:
@@ -134,12 +134,16 @@ def test_tool_writes_the_same_report_from_the_saved_detections(evaluated, tmp_pa
     tool = load_script("tools/report.py", "ssd_report_tool")
     info = tool.main(
         ["--config-file", str(REPO_ROOT / "models" / "shapes_ssdlite.yaml"), "--dataset", "report_shapes",
-         "--output-dir", str(tmp_path), "--score-threshold", SCORE_THRESHOLD,
+         "--output-dir", str(tmp_path), "--score-threshold", SCORE_THRESHOLD, "--per-class", "2",
          str(evaluated / "coco_instances_results.json"), "DATASETS.REGISTER", "('report_shapes:synthetic:24:3',)"]
     )  # fmt: skip
     assert info["path"] == tmp_path / "report.html"
-    expected = expected_gallery(evaluated)
+    expected = expected_gallery(evaluated, per_class=2)
+    assert (
+        max(n for v in expected_gallery(evaluated, per_class=99).values() for n in v.values()) > 2
+    )  # cap bites
     assert info["gallery"] == {e: sum(v.values()) for e, v in expected.items()}
+    assert info["path"].read_text().count("<figure class=item ") == sum(info["gallery"].values())
     assert json.loads((tmp_path / "errors.json").read_text()) == json.loads(
         (evaluated / "errors.json").read_text()
     )
