@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser import Browser, find_chromium
 
@@ -159,3 +160,35 @@ def test_results_of_another_dataset_are_refused_with_the_entry_named():
         predictions_from_coco_results([entry, {**entry, "image_id": "img7"}], dataset)
     with pytest.raises(ValueError, match="result 0: category_id 5 is not a category"):
         predictions_from_coco_results([{**entry, "category_id": 5}], dataset)
+
+
+class ImageFakeDataset:
+    """eval_fakes.FakeDataset with grey images, so that thumbnails can be cut."""
+
+    def __init__(self, annotations, class_names):
+        from eval_fakes import FakeDataset
+
+        self.fake = FakeDataset(annotations, class_names)
+        self.class_names = class_names
+
+    def __len__(self):
+        return len(self.fake)
+
+    def get_annotation(self, index):
+        return self.fake.get_annotation(index)
+
+    def load_image(self, index):
+        return np.full((100, 100, 3), 128, np.uint8)
+
+
+def test_report_without_detections_and_with_odd_class_names():
+    from ssd.evaluation.report import build_report
+
+    names = ("__background__", "<b>cell</b>", "it's")
+    dataset = ImageFakeDataset([([[10, 10, 40, 40]], [1], None), ([], [], None)], names)
+    page, info = build_report(dataset, {}, {}, "empty & odd", 0.5)
+    assert info["gallery"] == {"classification": 0, "localisation": 0, "both": 0, "duplicate": 0,
+                               "background": 0, "missed": 1}  # fmt: skip
+    assert info["summary"]["mAP50"] == 0.0 and info["summary"]["dAP"]["missed"]["all"] == 100.0
+    assert "<b>cell</b>" not in page and "&lt;b&gt;cell&lt;/b&gt;" in page and "empty &amp; odd" in page
+    assert "value='it&#x27;s'" in page and "value='it's'" not in page  # quotes in attributes escaped

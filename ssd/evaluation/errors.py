@@ -255,11 +255,11 @@ def error_breakdown(
         np.add.at(gt_by_size, (gt["labels"][real], gt_size[real]), 1)
         np.add.at(found_by_size, (gt["labels"][lab["found"]], gt_size[lab["found"]]), 1)
         det_size = size_of(pred["boxes_xyxy"])
+        is_fp = np.isin(lab["kind"], FALSE_POSITIVE_TYPES)  # (K,)
         for s, name in enumerate(SIZE_NAMES):
             size_rows[name]["ground_truth"] += int(np.sum(real & (gt_size == s)))
             size_rows[name]["found"] += int(np.sum(lab["found"] & (gt_size == s)))
             size_rows[name]["missed"] += int(np.sum(lab["missed"] & (gt_size == s)))
-            is_fp = np.isin(lab["kind"], FALSE_POSITIVE_TYPES)
             size_rows[name]["false_positives"] += int(np.sum(is_fp & (det_size == s)))
     for row in size_rows.values():
         row["recall"] = row["found"] / row["ground_truth"] if row["ground_truth"] else None
