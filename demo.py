@@ -15,6 +15,9 @@ Every image prints its times: load (read + resize + normalise), inference (netwo
 draw (drawing + writing); the last line gives the mean FPS of the inference alone, as lufficc/SSD does.
 An image that cannot be read is reported on its own line and skipped; the others are still processed, and
 the demo then exits with status 1, naming the skipped files.
+
+Where a model goes wrong (false positives by kind, missed objects, with pictures) needs labels: test.py writes
+an HTML report per evaluated dataset (`ssd/evaluation/report.py`; the no-argument run prints the command).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ DEMO_IMAGE_SIZE = 300
 # lufficc/SSD's demo uses 0.7. The bundled model, trained for minutes, is under-confident: on 100 new shape
 # images it finds 80% of the objects above 0.25 but 59% above 0.5 (false positives: 3% and 1%).
 DEFAULT_SCORE_THRESHOLD = 0.3
+REPORT_HINT = (
+    "python test.py --config-file models/shapes_ssdlite.yaml --ckpt models/shapes_ssdlite.pth, then open "
+    "outputs/shapes_ssdlite/inference/shapes_test/report.html (docs/custom_dataset.md#the-report-where-it-goes-wrong)"
+)
 _CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")
 
 
@@ -260,6 +267,7 @@ def main(argv: list[str] | None = None):
     if paths:
         return run_on_images(detector, paths, output_dir)
     print(f"No images given: running on {DEMO_NUM_IMAGES} generated shape images (seed {DEMO_SEED})")
+    print(f"(To see where a model goes wrong on labelled images: {REPORT_HINT})")
     return run_on_images(detector, [(name, image) for name, image, _ in synthetic_images()], output_dir)
 
 

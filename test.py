@@ -4,7 +4,7 @@
 
 Without --ckpt, the checkpoint named in OUTPUT_DIR/last_checkpoint is used. Results go to
 OUTPUT_DIR/inference/<dataset>/ (results.json, coco_instances_results.json, analysis.json, confusion_matrix.png,
-pr_curves.png); the log to OUTPUT_DIR/log.txt. Several GPUs: `torchrun --nproc_per_node N test.py ...`.
+pr_curves.png, and report.html: the errors with pictures, see docs/custom_dataset.md); the log to OUTPUT_DIR/log.txt. Several GPUs: `torchrun --nproc_per_node N test.py ...`.
 """
 
 from __future__ import annotations

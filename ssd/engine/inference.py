@@ -186,7 +186,8 @@ def evaluate_on_test_datasets(
     """Evaluate `model` on every dataset of DATASETS.TEST with the evaluators of TEST.EVALUATORS.
 
     Writes, per dataset, under output_dir/inference/<dataset>/: results.json, coco_instances_results.json and
-    the error analysis (analysis.json, confusion_matrix.png, pr_curves.png); logs the tables and Detectron2's
+    the error analysis (analysis.json, confusion_matrix.png, pr_curves.png), and the HTML report (report.html,
+    errors.json; `ssd.evaluation.report`, when "coco" is evaluated); logs the tables and Detectron2's
     `copypaste:` lines.
 
     Returns:
@@ -213,4 +214,12 @@ def evaluate_on_test_datasets(
             with open(folder / "results.json", "w") as f:
                 json.dump(results, f, indent=2, allow_nan=True)  # NaN written as NaN (Python's json reads it)
             logger.info(f"Results written to {folder}")
+            if "coco" in cfg.TEST.EVALUATORS:  # the report reads the detections the COCO evaluator saved
+                from ssd.evaluation.report import write_report
+
+                write_report(folder, dataset, name, cfg.TEST.ANALYSIS_SCORE_THRESHOLD, results)
+            else:
+                logger.info(
+                    'No report.html: it needs "coco" in TEST.EVALUATORS (for coco_instances_results.json)'
+                )
     return all_results
