@@ -87,15 +87,48 @@ def test_resume_continues_exactly(tmp_path):
     assert iterations == list(range(1, 2 * k + 1))
 
 
-def test_channels_last_training_matches_nchw(tmp_path):
+def spy_on_layouts(monkeypatch) -> dict[str, list[bool]]:
+    """Record, for each train.py run, whether the model's conv weights and its input images are channels-last.
+
+    Only weights whose two layouts differ count: (O, I, kh, kw) with I > 1 and kh * kw > 1 (a 1x1 or a
+    depthwise weight is contiguous in both layouts).
+    """
+    seen: dict[str, list[bool]] = {"weights": [], "images": []}
+    real_train = train_cli.train
+    nhwc = torch.channels_last
+
+    def spy(model, *args, **kwargs):
+        weights = [
+            p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1
+        ]
+        assert weights, "no conv weight whose layout can be told apart"
+        seen["weights"].append(all(p.is_contiguous(memory_format=nhwc) for p in weights))
+        assert len({p.is_contiguous(memory_format=nhwc) for p in weights}) == 1  # one layout for all
+        handle = model.register_forward_pre_hook(
+            lambda module, inputs: seen["images"].append(inputs[0].is_contiguous(memory_format=nhwc))
+        )
+        try:
+            return real_train(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(train_cli, "train", spy)
+    return seen
+
+
+def test_channels_last_training_matches_nchw(tmp_path, monkeypatch):
     # SOLVER.CHANNELS_LAST (the default) changes the memory layout only. The first iteration's losses agree
     # within 0.1% (rounding). Later ones are not compared: train-mode BatchNorm over near-constant activations
     # of a random net (and hard negative mining's discrete choice) amplify rounding differences of 1e-5
     # into percent-level gradient differences, for either layout alike (the gradients of the same network
     # in eval mode agree to 1e-5: tests/test_fast_path.py).
     common = ("SOLVER.MAX_ITER", "1", "SOLVER.OPTIMIZER", "SGD")
+    layouts = spy_on_layouts(monkeypatch)
     assert run_train(tmp_path / "nhwc", *common) == 0
     assert run_train(tmp_path / "nchw", *common, "SOLVER.CHANNELS_LAST", "False") == 0
+    # What SOLVER.CHANNELS_LAST promises: NHWC weights and NHWC images in the training step, NCHW without it.
+    assert layouts["weights"] == [True, False]
+    assert layouts["images"] == [True, False]  # one training forward per run (no validation here)
     nhwc, nchw = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("nhwc", "nchw"))
     for key in ("cls_loss", "reg_loss"):
         assert nhwc[key] == pytest.approx(nchw[key], rel=1e-3), key  # measured 2e-4 apart
