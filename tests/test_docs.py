@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import shared_data_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"  # the project's shared folder (BCCD); absent in a user's clone
@@ -313,9 +314,7 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path):
     name = str(doc.relative_to(REPO_ROOT))
     text = doc.read_text()
     if "../shared/data/BCCD" in text and not (SHARED / "data" / "BCCD" / "Annotations").is_dir():
-        pytest.skip(
-            f"{name} works on BCCD, which is not at {SHARED / 'data' / 'BCCD'} (as tests/conftest.py)"
-        )
+        shared_data_missing(f"{name} works on BCCD, which is not at {SHARED / 'data' / 'BCCD'}")
     blocks = [b for b in parse_blocks(text, name) if b.language in RUN_LANGUAGES]
     checkout = make_checkout(tmp_path)
     env = block_environment(tmp_path)
