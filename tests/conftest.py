@@ -50,6 +50,17 @@ def raccoon_root() -> Path:
     return RACCOON_ROOT
 
 
+@pytest.fixture
+def raccoon_xml_folder(raccoon_root, tmp_path) -> Path:
+    """The raccoon data as the XML-folder layout a labelling tool writes (each XML beside its image), made of
+    symlinks to the real files in tmp_path/raccoon (the shared folder itself is never written)."""
+    folder = tmp_path / "raccoon"
+    folder.mkdir()
+    for path in [*(raccoon_root / "annotations").glob("*.xml"), *(raccoon_root / "images").glob("*.jpg")]:
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
 def _load_seed_tool():
     """tools/seed_torch_hub_cache.py, the one owner of locating the offline file (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(

@@ -179,17 +179,8 @@ def _parse_raccoon_xml(path: Path) -> tuple[str, tuple[int, int], list[list[floa
     return root.findtext("filename").strip(), size, boxes
 
 
-def _raccoon_folder(raccoon_root: Path, folder: Path) -> Path:
-    """The XML-folder layout a labelling tool writes (each XML beside its image), as symlinks to the real files."""
-    folder.mkdir()
-    for path in [*(raccoon_root / "annotations").glob("*.xml"), *(raccoon_root / "images").glob("*.jpg")]:
-        (folder / path.name).symlink_to(path)
-    return folder
-
-
-def test_raccoon_xml_folder_route(raccoon_root, tmp_path):
-    folder = _raccoon_folder(raccoon_root, tmp_path / "raccoon")
-    names = register_from_config([f"raccoon_xml_t:xml_folder:{folder}"])
+def test_raccoon_xml_folder_route(raccoon_root, raccoon_xml_folder):
+    names = register_from_config([f"raccoon_xml_t:xml_folder:{raccoon_xml_folder}"])
     dataset = get_dataset(names[0])
     assert isinstance(dataset, XMLFolderDataset)
     assert dataset.class_names == ("__background__", "raccoon") and len(dataset) == 200

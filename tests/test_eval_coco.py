@@ -133,20 +133,33 @@ def test_logs_detectron2_tables(caplog):
     assert "Per-category bbox AP:\n| category   | AP      |" in text
 
 
-def test_real_bccd_ground_truth_as_predictions_scores_100(bccd_root, tmp_path):
-    """The real VOC dataset class, its get_annotation, and both metrics: ground truth fed back scores 100."""
+@pytest.mark.parametrize("data", ["bccd", "raccoon"])
+def test_real_ground_truth_as_predictions_scores_100(data, request, tmp_path):
+    """The real VOC-XML dataset classes (BCCD: VOC layout, 640 x 480; raccoon: an XML folder, mixed sizes),
+    their get_annotation, and both metrics: ground truth fed back scores 100."""
     from ssd.config import load_config
     from ssd.data.build import build_dataset
     from ssd.evaluation import build_evaluator, voc_pixel_offset
 
+    if data == "bccd":
+        register, classes = (
+            f"bccd_eval_test:voc:{request.getfixturevalue('bccd_root')}:test",
+            ("Platelets", "RBC", "WBC"),
+        )
+    else:
+        register, classes = (
+            f"raccoon_eval_test:xml_folder:{request.getfixturevalue('raccoon_xml_folder')}",
+            ("raccoon",),
+        )
     cfg = load_config(
         None,
-        ["DATASETS.REGISTER", f"('bccd_eval_test:voc:{bccd_root}:test',)", "DATASETS.CLASS_NAMES",
-         "('Platelets', 'RBC', 'WBC')", "MODEL.NUM_CLASSES", "4"],
+        ["DATASETS.REGISTER", repr((register,)), "DATASETS.CLASS_NAMES", repr(classes),
+         "MODEL.NUM_CLASSES", str(len(classes) + 1)],
     )  # fmt: skip
-    dataset = build_dataset(cfg, ["bccd_eval_test"], is_train=False)
+    name = register.split(":")[0]
+    dataset = build_dataset(cfg, [name], is_train=False)
     assert voc_pixel_offset(dataset) == 1.0
-    evaluator = build_evaluator(cfg, dataset, tmp_path, "bccd_eval_test", analysis=False)
+    evaluator = build_evaluator(cfg, dataset, tmp_path, name, analysis=False)
     for i in range(len(dataset)):
         ann = dataset.get_annotation(i)
         n = len(ann["labels"])
@@ -209,9 +222,10 @@ def test_written_files_match_hand_derived_coco_json(tmp_path):
         dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
         cocoeval = COCOeval(gt, dt, "bbox")
         cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
-    # IoUs of the matches: 2400/2640 = 0.91 (a, image 0), 2000/2112 = 0.95 (b), 7600/8100 = 0.94 (a, image 1);
-    # the false positive of class a has the lowest score, so AP50 is 100 and AP (up to IoU 0.95) is below it.
-    assert res["AP50"] == pytest.approx(100.0)
+    # IoUs of the matches (intersection / union): 2262/2618 = 0.86 (a, image 0), 1800/2312 = 0.78 (b),
+    # 6800/8620 = 0.79 (a, image 1); the false positive of class a overlaps nothing and has the lowest score, so
+    # AP50 and AP75 are 100 and AP (IoU thresholds up to 0.95) is below.
+    assert res["AP50"] == pytest.approx(100.0) and res["AP75"] == pytest.approx(100.0)
     for k, key in enumerate(("AP", "AP50", "AP75")):
         assert res[key] == pytest.approx(cocoeval.stats[k] * 100, abs=1e-12), key
     assert 50 < res["AP"] < 100
