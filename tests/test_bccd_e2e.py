@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,17 @@ def test_train_then_test_on_bccd_prints_coco_and_voc_tables(tmp_path, bccd_root,
     results = tmp_path / "out" / "inference" / "bccd_test"
     for name in ("results.json", "coco_instances_results.json", "analysis.json", "confusion_matrix.png"):
         assert (results / name).is_file(), name
+    # Whatever the (barely trained) model predicts: it ran on every image of the test split (with the confidence
+    # threshold of 0.01 each image keeps detections), and the evaluation counted every ground-truth box of the
+    # split, read here from the XML files (none is difficult or zero-area), as found (TP) or missed (FN).
+    split = (bccd_root / "ImageSets" / "Main" / "test.txt").read_text().split()
+    written = json.loads((results / "coco_instances_results.json").read_text())
+    assert {d["image_id"] for d in written} == set(split)
+    num_boxes = sum(
+        len(ET.parse(bccd_root / "Annotations" / f"{i}.xml").getroot().findall("object")) for i in split
+    )
+    analysis = json.loads((results / "results.json").read_text())["analysis"]
+    assert analysis["TP"] + analysis["FN"] == num_boxes == 945
     # Cost, measured: 15 s of CPU and 61 s of wall clock at a load average of 6.3 on the 2 shared cores (a
     # training run beside it), where importing torch alone takes 10 s of wall clock. So the CPU time is
     # bounded tightly and the wall clock, which depends on the other jobs, loosely (it catches a hang).
