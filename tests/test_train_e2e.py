@@ -1,5 +1,6 @@
 """train.py end to end on a tiny real SSD (MobileNetV2 x0.25 SSDLite at 96 px): exact resume, the NaN exit
-status, a 2-process torchrun (gloo) run with synchronised weights, and a few iterations on BCCD."""
+status, the channels-last layout, a 2-process torchrun (gloo) run (disjoint data shards, synchronised weights,
+gathered evaluation equal to a single process's), and a few iterations on BCCD."""
 
 from __future__ import annotations
 
