@@ -136,6 +136,7 @@ def build_validator(cfg: CfgNode, device: torch.device, dataset):
 
     def validate(model: nn.Module) -> dict[str, float]:
         bare = unwrap(model)  # DDP's forward would expect a backward; evaluation does not need it
+        dist_utils.broadcast_buffers(bare)  # every process evaluates rank 0's BatchNorm statistics
         losses = compute_validation_loss(bare, loader, device)
         results = {f"val/{name}": value for name, value in losses.items()}
         if cfg.TEST.EVALUATORS:
@@ -285,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_test and cfg.DATASETS.TEST:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        dist_utils.broadcast_buffers(unwrap(model))  # the model rank 0 saved, on every process
         evaluate_on_test_datasets(cfg, unwrap(model), device, output_dir)
     return 0
 

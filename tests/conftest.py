@@ -1,25 +1,64 @@
-"""Shared fixtures: the real BCCD dataset, the offline MobileNetV2 weights and a seeded torch hub cache."""
+"""Shared fixtures: the real BCCD and raccoon datasets, the offline MobileNetV2 weights and a seeded torch hub cache.
+
+The real datasets live outside the repository, in the project's shared folder next to the checkout
+(../shared/data/BCCD, ../shared/data/raccoon; see README.md, "Run the tests"). Without it their tests skip, except
+when SSD_REQUIRE_SHARED_DATA=1 (set by .ci/run): then they fail, so CI cannot pass without running them.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BCCD_ROOT = REPO_ROOT.parent / "shared" / "data" / "BCCD"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+BCCD_ROOT = SHARED_DATA / "BCCD"
+RACCOON_ROOT = SHARED_DATA / "raccoon"
+REQUIRE_SHARED_DATA = "SSD_REQUIRE_SHARED_DATA"
+
+
+def shared_data_missing(message: str) -> None:
+    """Skip the test (a user's clone without ../shared), or fail it when $SSD_REQUIRE_SHARED_DATA is 1 (CI)."""
+    if os.environ.get(REQUIRE_SHARED_DATA) == "1":
+        pytest.fail(
+            f"{message}; {REQUIRE_SHARED_DATA}=1 requires the shared data (see README.md, Run the tests)"
+        )
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def bccd_root() -> Path:
-    """../shared/data/BCCD (read-only, VOC layout); skips when the shared folder is absent (a user's clone)."""
+    """../shared/data/BCCD (read-only, VOC layout); see `shared_data_missing` when it is absent."""
     if not (BCCD_ROOT / "Annotations").is_dir():
-        pytest.skip(
-            f"BCCD dataset not found at {BCCD_ROOT} (the project's ../shared/data/BCCD folder is missing)"
+        shared_data_missing(
+            f"BCCD dataset not found at {BCCD_ROOT} (the project's ../shared/data/BCCD folder)"
         )
     return BCCD_ROOT
+
+
+@pytest.fixture(scope="session")
+def raccoon_root() -> Path:
+    """../shared/data/raccoon (read-only): images/, annotations/ (one VOC XML per image), data/*_labels.csv."""
+    if not (RACCOON_ROOT / "annotations").is_dir():
+        shared_data_missing(
+            f"raccoon dataset not found at {RACCOON_ROOT} (the project's ../shared/data/raccoon folder)"
+        )
+    return RACCOON_ROOT
+
+
+@pytest.fixture
+def raccoon_xml_folder(raccoon_root, tmp_path) -> Path:
+    """The raccoon data as the XML-folder layout a labelling tool writes (each XML beside its image), made of
+    symlinks to the real files in tmp_path/raccoon (the shared folder itself is never written)."""
+    folder = tmp_path / "raccoon"
+    folder.mkdir()
+    for path in [*(raccoon_root / "annotations").glob("*.xml"), *(raccoon_root / "images").glob("*.jpg")]:
+        (folder / path.name).symlink_to(path)
+    return folder
 
 
 def _load_seed_tool():

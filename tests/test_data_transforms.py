@@ -172,3 +172,57 @@ def test_augmentation_levels_pick_the_steps():
     assert steps("none") == [type(t).__name__ for t in build_transforms(64, MEAN, False).transforms]
     with pytest.raises(ValueError, match="INPUT.AUGMENTATION"):
         build_transforms(64, MEAN, True, "heavy")
+
+
+def coordinate_image() -> np.ndarray:
+    """(HEIGHT, WIDTH, 3) uint8 whose pixel (y, x) holds (x, y, 0): a crop's top-left pixel names its origin."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    return np.stack([xs, ys, np.zeros_like(xs)], axis=2).astype(np.uint8)  # WIDTH, HEIGHT <= 256
+
+
+def crop_patch(cropped: np.ndarray) -> np.ndarray:
+    """The patch [x1, y1, x2, y2] (pixels of the input) that a crop of `coordinate_image()` cut out."""
+    x1, y1 = int(cropped[0, 0, 0]), int(cropped[0, 0, 1])
+    return np.array([x1, y1, x1 + cropped.shape[1], y1 + cropped.shape[0]], np.float32)
+
+
+def iou_with(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy patch with each xyxy box (G,), written out here rather than taken from the package."""
+    w = np.clip(np.minimum(patch[2], boxes[:, 2]) - np.maximum(patch[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(patch[3], boxes[:, 3]) - np.maximum(patch[1], boxes[:, 1]), 0, None)
+    patch_area = (patch[2] - patch[0]) * (patch[3] - patch[1])
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (G,)
+    return w * h / (patch_area + box_areas - w * h)
+
+
+def test_crop_patch_overlaps_some_box_by_at_least_the_drawn_min_iou():
+    # SSD paper sec. 2.2: "sample a patch so that the minimum jaccard overlap with the objects is 0.1, 0.3, 0.5,
+    # 0.7 or 0.9". With 0.7 as the only mode, every patch must overlap the large box by IoU >= 0.7; without the
+    # rule most patches that merely contain a box centre fall below it (measured: 24 of 30 seeds).
+    boxes = np.array([[20, 20, 140, 100], [120, 90, 150, 115]], np.float32)
+    labels = np.array([1, 2], np.int64)
+    crop = RandomSampleCrop(min_ious=(0.7,))
+    ious = []
+    for seed in range(30):
+        cropped, _, _ = crop(coordinate_image(), boxes, labels, np.random.default_rng(seed))
+        ious.append(iou_with(crop_patch(cropped), boxes).max())
+    assert min(ious) >= 0.7, [round(float(v), 2) for v in ious]
+    assert len({round(float(v), 3) for v in ious}) > 10  # different patches, not one fixed crop
+
+
+def test_crop_keeps_exactly_the_boxes_whose_centre_is_inside_clamped_and_shifted():
+    crop = RandomSampleCrop(min_ious=(0.1,))
+    centres = (BOXES[:, :2] + BOXES[:, 2:]) / 2  # (G, 2)
+    dropped = 0
+    for seed in range(30):
+        cropped, kept, labels = crop(coordinate_image(), BOXES, LABELS, np.random.default_rng(seed))
+        patch = crop_patch(cropped)
+        inside = np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)  # (G,)
+        expected = np.concatenate(
+            [np.maximum(BOXES[:, :2], patch[:2]), np.minimum(BOXES[:, 2:], patch[2:])], 1
+        )
+        expected = (expected - np.tile(patch[:2], 2))[inside]
+        np.testing.assert_array_equal(labels, LABELS[inside], err_msg=f"seed {seed}, patch {patch}")
+        np.testing.assert_allclose(kept, expected, err_msg=f"seed {seed}, patch {patch}")
+        dropped += int((~inside).sum())
+    assert dropped >= 10  # the rule was exercised: many boxes had their centre outside the patch

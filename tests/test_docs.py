@@ -27,6 +27,13 @@ into a cheap variant of the same command; their arguments are shell words (shlex
 
 A `replace` whose text is not in the block fails the test, so markers cannot silently go stale. Skipped blocks
 are counted and printed.
+
+A page that runs no block at all fails, unless it says so with a page marker (anywhere in the page):
+
+    <!-- doc-test-none: reference tables only -->        nothing to run here, and why
+
+so a page whose blocks all lost their language tag (or were all skipped) cannot pass by running nothing; the
+marker on a page that does run blocks is an error too.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import shared_data_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"  # the project's shared folder (BCCD); absent in a user's clone
@@ -51,6 +59,7 @@ RUN_LANGUAGES = ("bash", "python")
 NOT_MIRRORED = {".git", ".venv", ".ci-venv", "outputs", ".pytest_cache", ".ruff_cache", "wandb"}
 SETUP_LINE = re.compile(r"^\s*(python3? -m venv\b|source \S*activate\b|(python3? -m )?pip3? install\b)")
 MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(\w+)\s*(.*?)\s*-->\s*$")
+NOTHING_TO_RUN = re.compile(r"^\s*<!--\s*doc-test-none:\s*(.*?)\s*-->\s*$", re.MULTILINE)
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 BLOCK_TIMEOUT_S = 600
 
@@ -136,6 +145,19 @@ def apply_markers(block: Block) -> tuple[str | None, dict[str, str], str]:
         else:
             raise ValueError(f"{block.where}: unknown doc-test marker {command!r}")
     return code, env, ""
+
+
+def check_blocks_ran(text: str, source: str, ran: int) -> None:
+    """A page must run at least one block, or declare `<!-- doc-test-none: REASON -->` and run none."""
+    declared = NOTHING_TO_RUN.search(text)
+    if declared and not declared.group(1):
+        raise ValueError(f"{source}: `doc-test-none` needs a reason")
+    if ran == 0 and not declared:
+        raise ValueError(
+            f"{source}: 0 blocks run; a page with nothing to run says so with <!-- doc-test-none: REASON -->"
+        )
+    if ran > 0 and declared:
+        raise ValueError(f"{source}: marked `doc-test-none` but {ran} block(s) ran; remove the marker")
 
 
 def check_no_background_job(code: str, where: str) -> None:
@@ -276,6 +298,15 @@ def test_parse_blocks_markers_and_setup_lines():
     check_no_background_job("a && b 2>&1 | tail\n", "x")  # no background job: passes
     with pytest.raises(ValueError, match="unclosed"):
         parse_blocks("```python\nprint(1)\n")
+    # the count of blocks run: 0 needs the page marker, and the marker needs 0
+    check_blocks_ran("text\n", "page.md", ran=1)
+    check_blocks_ran("<!-- doc-test-none: tables only -->\n", "page.md", ran=0)
+    with pytest.raises(ValueError, match="0 blocks run"):
+        check_blocks_ran("```text\nx\n```\n", "page.md", ran=0)
+    with pytest.raises(ValueError, match="remove the marker"):
+        check_blocks_ran("<!-- doc-test-none: tables only -->\n", "page.md", ran=2)
+    with pytest.raises(ValueError, match="needs a reason"):
+        check_blocks_ran("<!-- doc-test-none: -->\n", "page.md", ran=0)
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -283,9 +314,7 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path):
     name = str(doc.relative_to(REPO_ROOT))
     text = doc.read_text()
     if "../shared/data/BCCD" in text and not (SHARED / "data" / "BCCD" / "Annotations").is_dir():
-        pytest.skip(
-            f"{name} works on BCCD, which is not at {SHARED / 'data' / 'BCCD'} (as tests/conftest.py)"
-        )
+        shared_data_missing(f"{name} works on BCCD, which is not at {SHARED / 'data' / 'BCCD'}")
     blocks = [b for b in parse_blocks(text, name) if b.language in RUN_LANGUAGES]
     checkout = make_checkout(tmp_path)
     env = block_environment(tmp_path)
@@ -339,6 +368,7 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path):
     print(f"{name}: {ran} blocks run, {len(skipped)} skipped, {time.perf_counter() - start:.1f} s")
     for line in skipped:
         print(f"  skipped {line}")
+    check_blocks_ran(text, name, ran)
 
 
 def test_architecture_example_is_the_shipped_module():

@@ -133,20 +133,33 @@ def test_logs_detectron2_tables(caplog):
     assert "Per-category bbox AP:\n| category   | AP      |" in text
 
 
-def test_real_bccd_ground_truth_as_predictions_scores_100(bccd_root, tmp_path):
-    """The real VOC dataset class, its get_annotation, and both metrics: ground truth fed back scores 100."""
+@pytest.mark.parametrize("data", ["bccd", "raccoon"])
+def test_real_ground_truth_as_predictions_scores_100(data, request, tmp_path):
+    """The real VOC-XML dataset classes (BCCD: VOC layout, 640 x 480; raccoon: an XML folder, mixed sizes),
+    their get_annotation, and both metrics: ground truth fed back scores 100."""
     from ssd.config import load_config
     from ssd.data.build import build_dataset
     from ssd.evaluation import build_evaluator, voc_pixel_offset
 
+    if data == "bccd":
+        register, classes = (
+            f"bccd_eval_test:voc:{request.getfixturevalue('bccd_root')}:test",
+            ("Platelets", "RBC", "WBC"),
+        )
+    else:
+        register, classes = (
+            f"raccoon_eval_test:xml_folder:{request.getfixturevalue('raccoon_xml_folder')}",
+            ("raccoon",),
+        )
     cfg = load_config(
         None,
-        ["DATASETS.REGISTER", f"('bccd_eval_test:voc:{bccd_root}:test',)", "DATASETS.CLASS_NAMES",
-         "('Platelets', 'RBC', 'WBC')", "MODEL.NUM_CLASSES", "4"],
+        ["DATASETS.REGISTER", repr((register,)), "DATASETS.CLASS_NAMES", repr(classes),
+         "MODEL.NUM_CLASSES", str(len(classes) + 1)],
     )  # fmt: skip
-    dataset = build_dataset(cfg, ["bccd_eval_test"], is_train=False)
+    name = register.split(":")[0]
+    dataset = build_dataset(cfg, [name], is_train=False)
     assert voc_pixel_offset(dataset) == 1.0
-    evaluator = build_evaluator(cfg, dataset, tmp_path, "bccd_eval_test", analysis=False)
+    evaluator = build_evaluator(cfg, dataset, tmp_path, name, analysis=False)
     for i in range(len(dataset)):
         ann = dataset.get_annotation(i)
         n = len(ann["labels"])
@@ -157,3 +170,62 @@ def test_real_bccd_ground_truth_as_predictions_scores_100(bccd_root, tmp_path):
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["voc"]["mAP50_07"] == pytest.approx(100.0)
     assert results["voc"]["AP"] == pytest.approx(100.0)
+
+
+def test_written_files_match_hand_derived_coco_json(tmp_path):
+    """Both files the evaluator writes, value by value, for boxes away from the origin and not square.
+
+    xyxy in pixels -> COCO's [x, y, w, h]. The expected dicts below are written out by hand (not computed with
+    the evaluator's helpers), then pycocotools' own COCO / loadRes score the evaluator's results file against a
+    ground-truth file built here, independently of `dataset_to_coco_dict`: same AP as the evaluator reports.
+    """
+    # image 0: a wide box of class a (80 x 30) and a tall box of class b (20 x 100); image 1: one wide box of a.
+    ds = FakeDataset(
+        [([[30, 40, 110, 70], [150, 20, 170, 120]], [1, 2], None), ([[60, 90, 250, 130]], [1], None)],
+        ("__background__", "a", "b"),
+        id_map={1: 7, 2: 3},
+    )
+    preds = {
+        0: prediction([[32, 41, 112, 72], [150, 30, 172, 126], [200, 150, 240, 190]], [1, 2, 1], [0.75, 0.5, 0.25]),
+        1: prediction([[70, 88, 240, 134]], [1], [0.625]),
+    }  # fmt: skip
+    res = run_coco(ds, preds, output_dir=tmp_path)
+
+    expected_results = [
+        {"image_id": "img0", "category_id": 7, "bbox": [32.0, 41.0, 80.0, 31.0], "score": 0.75},
+        {"image_id": "img0", "category_id": 3, "bbox": [150.0, 30.0, 22.0, 96.0], "score": 0.5},
+        {"image_id": "img0", "category_id": 7, "bbox": [200.0, 150.0, 40.0, 40.0], "score": 0.25},
+        {"image_id": "img1", "category_id": 7, "bbox": [70.0, 88.0, 170.0, 46.0], "score": 0.625},
+    ]
+    assert json.loads((tmp_path / "coco_instances_results.json").read_text()) == expected_results
+    expected_gt = {
+        "images": [
+            {"id": "img0", "file_name": "img0.jpg", "height": 200, "width": 300},
+            {"id": "img1", "file_name": "img1.jpg", "height": 200, "width": 300},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": "img0", "category_id": 7, "bbox": [30.0, 40.0, 80.0, 30.0], "area": 2400.0,
+             "iscrowd": 0},
+            {"id": 2, "image_id": "img0", "category_id": 3, "bbox": [150.0, 20.0, 20.0, 100.0], "area": 2000.0,
+             "iscrowd": 0},
+            {"id": 3, "image_id": "img1", "category_id": 7, "bbox": [60.0, 90.0, 190.0, 40.0], "area": 7600.0,
+             "iscrowd": 0},
+        ],
+        "categories": [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}],
+    }  # fmt: skip
+    assert json.loads((tmp_path / "ground_truth_coco_format.json").read_text()) == expected_gt
+
+    gt_file = tmp_path / "independent_gt.json"
+    gt_file.write_text(json.dumps(expected_gt))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        cocoeval = COCOeval(gt, dt, "bbox")
+        cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
+    # IoUs of the matches (intersection / union): 2262/2618 = 0.86 (a, image 0), 1800/2312 = 0.78 (b),
+    # 6800/8620 = 0.79 (a, image 1); the false positive of class a overlaps nothing and has the lowest score, so
+    # AP50 and AP75 are 100 and AP (IoU thresholds up to 0.95) is below.
+    assert res["AP50"] == pytest.approx(100.0) and res["AP75"] == pytest.approx(100.0)
+    for k, key in enumerate(("AP", "AP50", "AP75")):
+        assert res[key] == pytest.approx(cocoeval.stats[k] * 100, abs=1e-12), key
+    assert 50 < res["AP"] < 100

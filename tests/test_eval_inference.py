@@ -1,6 +1,7 @@
 """inference_on_dataset / compute_validation_loss with a fake model, and test.py end to end on synthetic data."""
 
 import importlib.util
+import json
 import logging
 import re
 from pathlib import Path
@@ -175,3 +176,63 @@ def test_test_py_without_checkpoint_says_so(tmp_path):
             ["--config-file", "", "--output-dir", str(tmp_path / "fresh"), "DATASETS.TEST", "('x',)"]
         )
     assert (tmp_path / "fresh").is_dir()  # OUTPUT_DIR is created before anything can fail
+
+
+def test_test_py_scores_known_predictions(tiny_run):
+    """test.py -> loader -> evaluators -> results.json on predictions whose AP is known by hand.
+
+    The network's forward is replaced by an oracle that returns, for the k-th image it is given (the test
+    loader is sequential in a single process), that image's ground truth, plus one false positive of class 1
+    with the highest score of all, in a corner of image 0 where it overlaps nothing. Class 1 then has
+    precision n / (n + 1) at every recall (n = its ground-truth boxes), for every IoU threshold; the other
+    classes are perfect. So COCO AP = AP50 = VOC mAP = mean over classes of (n / (n + 1) for class 1, else 1).
+    """
+    from ssd.config import load_config
+    from ssd.data.build import build_dataset
+
+    test_cli = load_test_cli()
+    opts, run_dir = tiny_run
+    dataset = build_dataset(load_config(None, opts), ["synth_eval"], is_train=False)
+    annotations = [dataset.get_annotation(i) for i in range(len(dataset))]
+    false_positive = [0.0, 0.0, 3.0, 3.0]
+    assert not any(box[0] < 3 and box[1] < 3 for box in annotations[0]["boxes_xyxy"]), "FP overlaps a box"
+    counts = np.bincount(np.concatenate([a["labels"] for a in annotations]), minlength=4)[
+        1:
+    ]  # per class 1..3
+    assert counts[0] >= 2 and counts.all(), counts  # every class present, class 1 more than once
+
+    served = []
+
+    def oracle(images, targets=None, image_sizes=None):
+        assert targets is None and len(image_sizes) == images.shape[0]
+        outputs = []
+        for size in image_sizes:
+            ann = annotations[len(served)]
+            assert tuple(size) == (ann["height"], ann["width"])
+            boxes, labels = ann["boxes_xyxy"].tolist(), ann["labels"].tolist()
+            scores = np.linspace(0.9, 0.5, len(labels)).tolist()
+            if len(served) == 0:
+                boxes, labels, scores = [false_positive, *boxes], [1, *labels], [0.95, *scores]
+            served.append(len(labels))
+            outputs.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels),
+                            "scores": torch.tensor(scores)})  # fmt: skip
+        return outputs
+
+    real_build = test_cli.build_detection_model
+
+    def build_with_oracle(cfg):
+        model = real_build(cfg)
+        model.forward = oracle  # test.py still loads the checkpoint into the real model
+        return model
+
+    test_cli.build_detection_model = build_with_oracle
+    results = test_cli.main(["--config-file", "", *opts])["synth_eval"]
+    assert len(served) == len(dataset)  # every image once
+
+    n = counts[0]
+    expected = 100 * (n / (n + 1) + 1 + 1) / 3
+    assert results["bbox"][f"AP-{dataset.class_names[1]}"] == pytest.approx(100 * n / (n + 1), abs=1e-9)
+    for task, metric in (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("voc", "mAP50_07")):
+        assert results[task][metric] == pytest.approx(expected, abs=1e-9), (task, metric)
+    written = json.loads((run_dir / "inference" / "synth_eval" / "results.json").read_text())
+    assert written["bbox"]["AP"] == pytest.approx(expected, abs=1e-9)

@@ -123,9 +123,22 @@ def test_fast_path_equals_reference(config, fuse_bn, channels_last):
 
     num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert num_bn == 0 if fuse_bn else num_bn > 0
+    # The promised layout: NHWC conv weights, and the images NHWC as they enter the backbone (NCHW without it).
+    # Only weights whose two layouts differ count (I > 1 and kh * kw > 1; 1x1 and depthwise are both).
+    weights = [
+        p for p in fast.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1
+    ]
+    assert weights and all(
+        p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in weights
+    )
+    entering = []
+    fast.backbone.register_forward_pre_hook(
+        lambda module, args: entering.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )  # runs after the fast path's own hook, so it sees what the backbone gets
     with torch.inference_mode():
         logits, offsets = fast.predict_raw(x)
         detections = fast(x, image_sizes=[(128, 128), (96, 160)])
+    assert entering == [channels_last, channels_last]
     torch.testing.assert_close(logits, ref_logits, atol=TOL, rtol=0)
     torch.testing.assert_close(offsets, ref_offsets, atol=TOL, rtol=0)
     assert sum(len(d["labels"]) for d in ref_detections) > 0  # the comparison below is not vacuous

@@ -1,8 +1,10 @@
 """train.py end to end on a tiny real SSD (MobileNetV2 x0.25 SSDLite at 96 px): exact resume, the NaN exit
-status, a 2-process torchrun (gloo) run with synchronised weights, and a few iterations on BCCD."""
+status, the channels-last layout, a 2-process torchrun (gloo) run (disjoint data shards, synchronised weights,
+gathered evaluation equal to a single process's), and a few iterations on BCCD."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -62,6 +64,14 @@ def one_torch_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
+def load_test_cli():
+    """The top-level test.py, loaded by path (`import test` could find the standard library's test package)."""
+    spec = importlib.util.spec_from_file_location("ssd_test_cli", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_train(output_dir: Path, *extra: str, resume: bool = False) -> int:
     args = ["--config-file", "", "--skip-test", *(["--resume"] if resume else []), *TINY]
     return train_cli.main([*args, "OUTPUT_DIR", str(output_dir), *extra])
@@ -90,15 +100,48 @@ def test_resume_continues_exactly(tmp_path):
     assert iterations == list(range(1, 2 * k + 1))
 
 
-def test_channels_last_training_matches_nchw(tmp_path):
+def spy_on_layouts(monkeypatch) -> dict[str, list[bool]]:
+    """Record, for each train.py run, whether the model's conv weights and its input images are channels-last.
+
+    Only weights whose two layouts differ count: (O, I, kh, kw) with I > 1 and kh * kw > 1 (a 1x1 or a
+    depthwise weight is contiguous in both layouts).
+    """
+    seen: dict[str, list[bool]] = {"weights": [], "images": []}
+    real_train = train_cli.train
+    nhwc = torch.channels_last
+
+    def spy(model, *args, **kwargs):
+        weights = [
+            p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1
+        ]
+        assert weights, "no conv weight whose layout can be told apart"
+        seen["weights"].append(all(p.is_contiguous(memory_format=nhwc) for p in weights))
+        assert len({p.is_contiguous(memory_format=nhwc) for p in weights}) == 1  # one layout for all
+        handle = model.register_forward_pre_hook(
+            lambda module, inputs: seen["images"].append(inputs[0].is_contiguous(memory_format=nhwc))
+        )
+        try:
+            return real_train(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(train_cli, "train", spy)
+    return seen
+
+
+def test_channels_last_training_matches_nchw(tmp_path, monkeypatch):
     # SOLVER.CHANNELS_LAST (the default) changes the memory layout only. The first iteration's losses agree
     # within 0.1% (rounding). Later ones are not compared: train-mode BatchNorm over near-constant activations
     # of a random net (and hard negative mining's discrete choice) amplify rounding differences of 1e-5
     # into percent-level gradient differences, for either layout alike (the gradients of the same network
     # in eval mode agree to 1e-5: tests/test_fast_path.py).
     common = ("SOLVER.MAX_ITER", "1", "SOLVER.OPTIMIZER", "SGD")
+    layouts = spy_on_layouts(monkeypatch)
     assert run_train(tmp_path / "nhwc", *common) == 0
     assert run_train(tmp_path / "nchw", *common, "SOLVER.CHANNELS_LAST", "False") == 0
+    # What SOLVER.CHANNELS_LAST promises: NHWC weights and NHWC images in the training step, NCHW without it.
+    assert layouts["weights"] == [True, False]
+    assert layouts["images"] == [True, False]  # one training forward per run (no validation here)
     nhwc, nchw = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("nhwc", "nchw"))
     for key in ("cls_loss", "reg_loss"):
         assert nhwc[key] == pytest.approx(nchw[key], rel=1e-3), key  # measured 2e-4 apart
@@ -135,48 +178,115 @@ def test_non_finite_loss_stops_with_its_own_exit_status(tmp_path, monkeypatch):
     assert not (tmp_path / "model_final.pth").exists()
 
 
-def test_torchrun_two_processes_keep_identical_weights(tmp_path):
+# The launcher of the torchrun test: train.py's main, with spies that record (1) the model, whose final weights
+# this rank saves, and (2) the dataset indices that this rank's training and test loaders really yield.
+LAUNCHER = """
+import json, os, sys, torch
+sys.path.insert(0, {repo!r})
+import train
+import ssd.data.build
+from ssd.engine.checkpoint import unwrap
+
+seen = {{"train": [], "test": []}}
+real_train, real_test_loader = train.train, ssd.data.build.build_test_loader
+
+
+class Recording:
+    \"\"\"A loader that notes the indices of every batch it yields.\"\"\"
+
+    def __init__(self, loader, log):
+        self.loader, self.log = loader, log
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.log.append(batch[2].tolist())
+            yield batch
+
+
+def spy_train(model, optimizer, scheduler, train_loader, *args, **kwargs):
+    seen["model"] = model
+    return real_train(model, optimizer, scheduler, Recording(train_loader, seen["train"]), *args, **kwargs)
+
+
+def spy_test_loader(*args, **kwargs):
+    return Recording(real_test_loader(*args, **kwargs), seen["test"])
+
+
+train.train = spy_train
+ssd.data.build.build_test_loader = spy_test_loader  # build_validator and the final test import it late
+status = train.main(sys.argv[1:])
+assert status == 0, status
+rank = os.environ["RANK"]
+torch.save(unwrap(seen["model"]).state_dict(), os.path.join({out!r}, f"rank{{rank}}.pth"))
+with open(os.path.join({out!r}, f"rank{{rank}}_indices.json"), "w") as f:
+    json.dump({{"train": seen["train"], "test": seen["test"]}}, f)
+"""
+
+
+def test_torchrun_two_processes_shard_the_data_and_keep_identical_weights(tmp_path):
     # Each rank trains on its own shard; DDP averages gradients, so every rank ends with rank 0's weights.
-    # The launcher script runs train.py's main and then saves this rank's final weights for comparison.
+    # 3 iterations x 4 images x 2 ranks = 24 = one epoch of the 24 training images: the two ranks' images are
+    # disjoint and together the whole set. Validation (iteration 2 and 3) and the final test of the 8 tiny_val
+    # images are sharded too, and the evaluators gather: the AP the distributed run reports must be the one a
+    # single process measures for the saved model, on all 8 images.
     script = tmp_path / "launch.py"
-    script.write_text(
-        "import os, sys, torch\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import train\n"
-        "from ssd.engine import train_loop\n"
-        "from ssd.engine.checkpoint import unwrap\n"
-        "seen = {}\n"
-        "real_train = train_loop.train\n"
-        "def spy(model, *args, **kwargs):\n"
-        "    seen['model'] = model\n"
-        "    return real_train(model, *args, **kwargs)\n"
-        "train.train = spy\n"
-        "status = train.main(sys.argv[1:])\n"
-        "assert status == 0, status\n"
-        "rank = os.environ['RANK']\n"
-        f"torch.save(unwrap(seen['model']).state_dict(), {str(tmp_path)!r} + f'/rank{{rank}}.pth')\n"
-    )
+    script.write_text(LAUNCHER.format(repo=str(REPO), out=str(tmp_path)))
     out = tmp_path / "out"
     args = ["--config-file", "", *TINY, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3"]
-    args += ["DATASETS.VAL", "('tiny_val',)", "SOLVER.EVAL_PERIOD", "2", "TEST.EVALUATORS", "('coco',)"]
+    args += ["DATASETS.REGISTER", "('tiny_train:synthetic:24:7:96', 'tiny_val:synthetic:8:8:96')"]
+    args += ["DATASETS.VAL", "('tiny_val',)", "DATASETS.TEST", "('tiny_val',)", "SOLVER.EVAL_PERIOD", "2"]
+    args += ["TEST.EVALUATORS", "('coco',)", "TEST.BATCH_SIZE", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*torchrun, str(script), "--skip-test", *args], capture_output=True, text=True, timeout=240, env=env
+        [*torchrun, str(script), *args], capture_output=True, text=True, timeout=240, env=env
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     final = load_checkpoint_file(out / "model_final.pth")
     rank0, rank1 = torch.load(tmp_path / "rank0.pth"), torch.load(tmp_path / "rank1.pth")
     assert len(final["rng"]) == 2  # both ranks' RNG states are saved
     for name, value in final["model"].items():
+        # Parameters agree because DDP averages gradients. BatchNorm running statistics are per process (each
+        # updates them from its own batch after DDP copied rank 0's in); train.py copies rank 0's into every
+        # process before evaluating, so they agree after the run too.
         assert torch.equal(rank0[name], value), name
-        if "running_" not in name and "num_batches_tracked" not in name:
-            # BatchNorm running statistics are per process: DDP copies rank 0's into the others at the start
-            # of each forward, so after the last step they differ; parameters must agree exactly.
-            assert torch.equal(rank1[name], value), name
+        assert torch.equal(rank1[name], value), name
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [m["iteration"] for m in metrics if "total_loss" in m] == [1, 2, 3]  # rank 0 alone writes
     assert "bbox/AP50" in metrics[2] and "val/loss" in metrics[2]
+
+    # The shards: training, disjoint and covering the training set; each evaluation, disjoint and covering tiny_val.
+    indices = [json.loads((tmp_path / f"rank{r}_indices.json").read_text()) for r in (0, 1)]
+    train0, train1 = ({i for batch in rank["train"] for i in batch} for rank in indices)
+    assert [len(rank["train"]) for rank in indices] == [3, 3]
+    assert not train0 & train1 and train0 | train1 == set(range(24)), (sorted(train0), sorted(train1))
+    # the test loader is iterated 3 times per evaluation (validation loss, then AP; final test: AP only)
+    test0, test1 = ([i for batch in rank["test"] for i in batch] for rank in indices)
+    assert len(test0) == len(test1) == 4 * (2 + 2 + 1)
+    assert not set(test0) & set(test1) and set(test0) | set(test1) == set(range(8))
+
+    # The gathered final evaluation equals a single process's evaluation of the saved model.
+    distributed = json.loads((out / "inference" / "tiny_val" / "results.json").read_text())["bbox"]
+    written = json.loads((out / "inference" / "tiny_val" / "coco_instances_results.json").read_text())
+    test_cli = load_test_cli()
+    single = test_cli.main(
+        ["--config-file", "", "--ckpt", str(out / "model_final.pth"), *args[2:], "OUTPUT_DIR", str(tmp_path / "single")]
+    )["tiny_val"]["bbox"]  # fmt: skip
+    single_written = json.loads(
+        (tmp_path / "single" / "inference" / "tiny_val" / "coco_instances_results.json").read_text()
+    )
+    assert {d["image_id"] for d in written} == {d["image_id"] for d in single_written} and len(
+        written
+    ) == len(single_written)
+    assert single["AP"] > 0  # not a comparison of two zeros
+    for key in ("AP", "AP50", "AP75"):
+        assert distributed[key] == pytest.approx(single[key], abs=1e-6), key
 
 
 def test_a_few_iterations_on_bccd_reduce_the_loss(tmp_path, bccd_root):

@@ -58,6 +58,8 @@ def render() -> str:
         "`python tools/gen_config_docs.py` from the comments in that file; do not edit by hand",
         "(a test fails when this page is stale). Keys marked (new) do not exist in lufficc/SSD.",
         "",
+        "<!-- doc-test-none: a generated reference table, no commands (see tests/test_docs.py) -->",
+        "",
     ]
     section = None
     for key, doc in parse_key_docs(DEFAULTS_FILE.read_text()):

@@ -87,6 +87,20 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) into `module` on every process, in place.
+
+    DDP broadcasts rank 0's buffers at the start of each training forward, but each process then updates its
+    BatchNorm statistics from its own batch, so after the last step they differ between processes. Calling this
+    before a sharded evaluation makes every process evaluate the same model: the one rank 0 saves.
+    A no-op in a single process.
+    """
+    if not is_dist():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=src)
+
+
 def reduce_mean_dict(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Average scalar tensors over ranks (all-reduce, so every rank gets the same numbers).
 
