@@ -181,14 +181,17 @@ class DetectionDataset(torch.utils.data.Dataset):
             except OSError as error:  # FileNotFoundError included
                 bad.append(str(error))
         if bad:
-            raise DatasetError(
-                f"{self.name}: {len(bad)} of {len(self)} images cannot be decoded: "
-                + "; ".join(bad[:_MAX_NAMED])
-                + (f"; ... ({len(bad) - _MAX_NAMED} more)" if len(bad) > _MAX_NAMED else "")
-                + ". Replace these files or remove them from the annotations."
-            )
+            raise self._bad_files_error(bad, len(self), "images cannot be decoded", "Replace these files")
 
     # ----- image and box checks -------------------------------------------------------------------------
+
+    def _bad_files_error(self, errors: list[str], total: int, what: str, advice: str) -> DatasetError:
+        """One error naming the first _MAX_NAMED bad files (and how many more) and what to do."""
+        more = f"; ... ({len(errors) - _MAX_NAMED} more)" if len(errors) > _MAX_NAMED else ""
+        return DatasetError(
+            f"{self.name}: {len(errors)} of {total} {what}: {'; '.join(errors[:_MAX_NAMED])}{more}. "
+            f"{advice}, or remove them from the annotations."
+        )
 
     def _check_image_files(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Read every image's size from its file; the file's size replaces a different annotated one.
@@ -215,11 +218,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                 record = {**record, "height": height, "width": width}
             checked.append(record)
         if unreadable:
-            raise DatasetError(
-                f"{self.name}: {len(unreadable)} of {len(records)} image files cannot be read: "
-                + "; ".join(unreadable[:_MAX_NAMED])
-                + (f"; ... ({len(unreadable) - _MAX_NAMED} more)" if len(unreadable) > _MAX_NAMED else "")
-                + ". Add or replace these files, or remove them from the annotations."
+            raise self._bad_files_error(
+                unreadable, len(records), "image files cannot be read", "Add or replace these files"
             )
         if self.num_size_mismatches:
             logger.warning(
