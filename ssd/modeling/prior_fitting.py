@@ -42,7 +42,8 @@ from ssd.structures.boxes import box_iou, cxcywh_to_xyxy
 logger = logging.getLogger(__name__)
 
 LEVEL_SIDE_PER_STRIDE = 2.5  # a box of side >= 2.5 strides can be matched on that level (see the docstring)
-RATIO_CHOICES = ((2.0,), (1.5,), (1.3, 2.0), (1.5, 3.0), (2.0, 3.0), (1.3, 2.0, 3.0))
+RATIO_CHOICES = ((2.0,), (1.5,), (1.3,), (1.3, 2.0), (1.5, 3.0), (2.0, 3.0), (1.3, 2.0, 3.0))
+MAX_COUNTED_POSITIVES = 8  # in the search, matching priors per box beyond this count no more
 MAX_FIT_BOXES = 20000  # the search uses at most this many boxes (a seeded sample); the report uses all
 COVERAGE_WARNING = 0.9  # warn when a class has fewer of its boxes covered
 
@@ -82,10 +83,12 @@ def _level_shapes(min_size: float, max_size: float, ratios: Sequence[float]) -> 
     return np.asarray(shapes, dtype=np.float64)
 
 
-def nearest_prior_iou(
+def nearest_prior_ious(
     boxes_cxcywh: np.ndarray, shapes_wh: np.ndarray, feature_map: int, stride: float, image_size: int
 ) -> np.ndarray:
-    """Best IoU of each box with the priors of one level, using for each shape the prior nearest the box centre.
+    """IoU of each box with each prior shape of one level, placed at the prior centre nearest the box centre.
+
+    That is the best IoU the shape reaches on the level's grid (IoU only falls as the centres move apart).
 
     Args:
         boxes_cxcywh: (G, 4) boxes in input pixels.
@@ -94,7 +97,7 @@ def nearest_prior_iou(
         image_size: S.
 
     Returns:
-        (G,) best IoU over the level's shapes.
+        (G, A) IoU.
     """
     index = np.clip(np.floor(boxes_cxcywh[:, :2] / stride), 0, feature_map - 1)  # (G, 2)
     centres = (index + 0.5) * stride  # (G, 2) nearest prior centre
@@ -105,7 +108,14 @@ def nearest_prior_iou(
     high = np.minimum(boxes_cxcywh[:, None, :2] + half_boxes, centres[:, None, :] + half_priors)  # (G, A, 2)
     inter = np.prod(np.clip(high - low, 0, None), axis=-1)  # (G, A)
     union = np.prod(boxes_cxcywh[:, None, 2:], axis=-1) + np.prod(shapes, axis=-1)[None, :] - inter  # (G, A)
-    return (inter / np.maximum(union, 1e-12)).max(axis=1)  # (G,)
+    return inter / np.maximum(union, 1e-12)
+
+
+def nearest_prior_iou(
+    boxes_cxcywh: np.ndarray, shapes_wh: np.ndarray, feature_map: int, stride: float, image_size: int
+) -> np.ndarray:
+    """(G,) best IoU of each box with the priors of one level (`nearest_prior_ious`, best shape)."""
+    return nearest_prior_ious(boxes_cxcywh, shapes_wh, feature_map, stride, image_size).max(axis=1)
 
 
 def _initial_level(sides: np.ndarray, log_ratios: np.ndarray) -> tuple[float, float, tuple[float, ...]]:
@@ -132,12 +142,15 @@ def _ladder(min_sizes: list[float | None], strides: Sequence[float], image_size:
 
 def _fit_levels(
     boxes_cxcywh: np.ndarray,
+    labels: np.ndarray,
     feature_maps: Sequence[int],
     strides: Sequence[float],
     image_size: int,
     threshold: float,
 ) -> tuple[FittedPriors, float]:
     """Fit sizes and ratios for fixed levels; returns the priors and the share of boxes covered (search metric)."""
+    classes, class_index, class_count = np.unique(labels, return_inverse=True, return_counts=True)
+    box_weights = 1.0 / (class_count[class_index] * len(classes))  # (G,) each class sums to 1 / C
     num_levels = len(feature_maps)
     sides = np.sqrt(boxes_cxcywh[:, 2] * boxes_cxcywh[:, 3])  # (G,)
     log_ratios = np.log(boxes_cxcywh[:, 2] / boxes_cxcywh[:, 3])  # (G,)
@@ -155,35 +168,51 @@ def _fit_levels(
     max_sizes = [max(M, m * 1.2**2) for M, m in zip(max_sizes, min_sizes, strict=True)]
     ratios = [s[2] if s else (2.0,) for s in starts]
 
-    def level_iou(k: int, min_size: float, max_size: float, level_ratios) -> np.ndarray:
+    def level_match(k: int, min_size: float, max_size: float, level_ratios) -> tuple[np.ndarray, np.ndarray]:
+        """(best IoU (G,), number of shapes at IoU >= threshold (G,)) of level k for every box."""
         shapes = _level_shapes(min_size, max_size, level_ratios)
-        return nearest_prior_iou(boxes_cxcywh, shapes, feature_maps[k], strides[k], image_size)
+        ious = nearest_prior_ious(boxes_cxcywh, shapes, feature_maps[k], strides[k], image_size)  # (G, A)
+        return ious.max(axis=1), (ious >= threshold).sum(axis=1)
 
-    per_level = np.stack(
-        [level_iou(k, min_sizes[k], max_sizes[k], ratios[k]) for k in range(num_levels)]
-    )  # (L, G)
+    matches = [level_match(k, min_sizes[k], max_sizes[k], ratios[k]) for k in range(num_levels)]
+    per_level = np.stack([best for best, _ in matches])  # (L, G) best IoU per level
+    per_level_count = np.stack([count for _, count in matches])  # (L, G) matching shapes per level
 
-    def score(best: np.ndarray, num_shapes: int) -> float:
-        # Covered boxes first, then how well the best prior fits, then fewer priors.
-        return float((best >= threshold).mean() + 0.1 * best.mean() - 0.001 * num_shapes)
+    def score(best: np.ndarray, count: np.ndarray, num_shapes: int) -> float:
+        # Covered boxes first; then positives (a box learns from every prior it matches: 0.01 per extra
+        # matching prior, up to MAX_COUNTED_POSITIVES, weighs like 1% more boxes covered); then how well the
+        # best prior fits; then fewer priors.
+        # Every class weighs the same (box_weights), so a rare class of small objects is not outvoted.
+        return float(
+            box_weights @ (best >= threshold)
+            + 0.01 * box_weights @ np.minimum(count, MAX_COUNTED_POSITIVES)
+            + 0.1 * box_weights @ best
+            - 0.001 * num_shapes
+        )
 
     for _ in range(2):  # two rounds of coordinate search, one level at a time
         for k in range(num_levels):
             if starts[k] is None:
                 continue
-            others = np.delete(per_level, k, axis=0).max(axis=0) if num_levels > 1 else np.zeros(len(sides))
+            others_best = np.delete(per_level, k, axis=0).max(axis=0, initial=0.0)  # (G,)
+            others_count = np.delete(per_level_count, k, axis=0).sum(axis=0)  # (G,)
             best_choice, best_score = None, -math.inf
             big = math.sqrt(min_sizes[k] * max_sizes[k])
             for small_factor in (0.85, 1.0, 1.15):
-                for big_factor in (0.85, 1.0, 1.15):
+                for big_factor in (0.7, 0.85, 1.0, 1.15):
                     small = min_sizes[k] * small_factor
                     large = max(big * big_factor, 1.1 * small)
                     for level_ratios in {tuple(ratios[k]), *RATIO_CHOICES}:
-                        iou = level_iou(k, small, large * large / small, level_ratios)
-                        value = score(np.maximum(others, iou), 2 + 2 * len(level_ratios))
+                        iou, count = level_match(k, small, large * large / small, level_ratios)
+                        value = score(
+                            np.maximum(others_best, iou), others_count + count, 2 + 2 * len(level_ratios)
+                        )
                         if value > best_score:
-                            best_choice, best_score = (small, large * large / small, level_ratios, iou), value
-            min_sizes[k], max_sizes[k], ratios[k], per_level[k] = best_choice
+                            best_choice, best_score = (
+                                (small, large * large / small, level_ratios, iou, count),
+                                value,
+                            )
+            min_sizes[k], max_sizes[k], ratios[k], per_level[k], per_level_count[k] = best_choice
 
     fitted = FittedPriors(
         feature_maps=[int(f) for f in feature_maps],
@@ -238,11 +267,16 @@ def fit_priors(
     )  # (G, 4)
     feature_maps = [f for f, _ in levels]
     strides = [s for _, s in levels]
-    fitted, _ = _fit_levels(boxes_cxcywh, feature_maps, strides, image_size, threshold)
+    fitted, _ = _fit_levels(boxes_cxcywh, labels, feature_maps, strides, image_size, threshold)
     if stride8_level is None:
         return fitted
     with_stride8, _ = _fit_levels(
-        boxes_cxcywh, [stride8_level[0], *feature_maps], [stride8_level[1], *strides], image_size, threshold
+        boxes_cxcywh,
+        labels,
+        [stride8_level[0], *feature_maps],
+        [stride8_level[1], *strides],
+        image_size,
+        threshold,
     )
     with_stride8.stride8_map = True
     gain = _coverage_by_class(with_stride8, boxes_norm, labels, image_size, threshold)
