@@ -186,3 +186,18 @@ def test_auto_augmentation_drops_the_zoom_out_only_for_small_objects():
     # One class of mixed sizes, a third small: the zoom-out stays.
     choice, _ = choose_augmentation(boxes[1:], np.array([1, 1, 1]), 320, finest_stride=8)
     assert choice == "ssd"
+
+
+def test_a_rare_class_of_small_objects_is_not_outvoted():
+    """30 small boxes (22 px) among 600 larger ones (45 px): the search weighs classes equally, so the small
+    class gets priors that match it with many priors per box, not just one. Measured: 9.2 positives per small
+    box; 5.7 when every box weighs the same (the large class then decides the stride-8 level's shapes)."""
+    rng = np.random.default_rng(3)
+    small = random_boxes(rng, 30, 22, 320, ratio=0.8)
+    large = random_boxes(rng, 600, 45, 320, ratio=0.8)
+    labels = np.array([1] * 30 + [2] * 600)
+    fitted = fit_priors(np.concatenate((small, large)), labels, 320, MOBILENET_320, stride8_level=(40, 8.0))
+    priors_xyxy = cxcywh_to_xyxy(fitted.make(320)).double()
+    iou = box_iou(torch.from_numpy(small), priors_xyxy)  # (30, P)
+    assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.95
+    assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 7  # positives per small box
