@@ -18,12 +18,16 @@ same size has IoU (a - s/2)^2 / (2 a^2 - (a - s/2)^2), which is >= 0.5 only when
 to the coarsest level whose stride it is at least `LEVEL_SIDE_PER_STRIDE` (2.5) strides wide (the finest
 level takes everything smaller), and each level's priors are fitted to the boxes it was given.
 
-The search: `_LevelFit` starts each level from quantiles of its boxes (small square at the 25th percentile of
-sqrt(w * h), big square at the 75th, aspect ratios from the spread of log(w / h)), then tries a few
-neighbouring choices and keeps the one that covers most boxes. Coverage during the search is measured against
-the prior nearest to each box's centre on every level, which is exact for the best IoU of one prior shape
-(IoU only falls as the centres move apart) and costs O(boxes x shapes). The final report (`coverage_report`)
-is computed with the real priors (`make_priors`) and real IoUs, per class.
+The search (`_fit_levels`) starts each level from quantiles of its boxes (small square at the 25th percentile
+of sqrt(w * h), big square at the 75th, aspect ratios from the spread of log(w / h)), then tries neighbouring
+sizes and a short list of ratio sets, one level at a time, twice over, and keeps the choice that scores best:
+first the share of boxes with a prior at IoU >= the threshold, then the number of such priors per box (each
+one is a positive the box learns from), then how well the best prior fits, then fewer priors. Every class
+weighs the same in that score, so 200 platelets among 2400 red cells get priors of their own (on BCCD this
+took the platelets from 4.6 to 6.8 matching priors per box). During the search a box is compared with the
+prior nearest its centre on every level, which gives exactly the best IoU of each prior shape (IoU only falls
+as the centres move apart) at O(boxes x shapes); the final report (`coverage_report`) uses the real priors
+(`make_priors`) and real IoUs.
 """
 
 from __future__ import annotations
