@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ssd.data.datasets import COCODataset, CSVDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "convert_to_coco.py"
-RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
 
 
 def convert(config: Path, dataset: str, output: Path, *opts: str) -> str:
@@ -62,9 +60,8 @@ def test_hand_made_csv_gives_the_hand_derived_coco_file(tmp_path):
         assert np.array_equal(back.get_annotation(index)["labels"], csv.get_annotation(index)["labels"])
 
 
-def test_raccoon_round_trip(tmp_path):
-    if not (RACCOON / "data" / "train_labels.csv").is_file():
-        pytest.skip(f"raccoon dataset not found at {RACCOON} (the project's ../shared/data/raccoon folder)")
+def test_raccoon_round_trip(tmp_path, raccoon_root):
+    RACCOON = raccoon_root
     out = tmp_path / "raccoon.json"
     convert(REPO_ROOT / "configs" / "examples" / "raccoon.yaml", "raccoon_train", out)
     source = CSVDataset(

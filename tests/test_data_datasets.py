@@ -415,8 +415,6 @@ def test_catalog_names_errors_and_config_registration(bccd_root, tmp_path, monke
 
 # ----- CSV coordinate conventions; the COCO converter ------------------------------------------------------
 
-RACCOON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
-
 
 def test_csv_one_based_corners_are_shifted_like_voc(tmp_path):
     from ssd.data.datasets import CSVDataset
@@ -443,10 +441,9 @@ def test_csv_convention_from_the_config_and_a_bad_one_is_named(tmp_path):
         register_from_config([f"conv_bad:csv:{tmp_path / 'b.csv'}:{tmp_path}:1based"])
 
 
-def test_raccoon_csv_one_based_equals_its_voc_xml_files():
+def test_raccoon_csv_one_based_equals_its_voc_xml_files(raccoon_root):
     """The raccoon CSV was exported from its XML files: read one-based, it gives exactly the XML boxes."""
-    if not (RACCOON / "data" / "train_labels.csv").is_file():
-        pytest.skip(f"raccoon dataset not found at {RACCOON} (the project's ../shared/data/raccoon folder)")
+    RACCOON = raccoon_root
     from ssd.data.datasets import CSVDataset
     from ssd.data.datasets.voc import parse_voc_xml
 

@@ -24,7 +24,6 @@ from ssd.modeling.priors import make_priors
 from ssd.structures.boxes import box_iou, cxcywh_to_xyxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RACCOON_ROOT = REPO_ROOT.parent / "shared" / "data" / "raccoon"
 FINETUNE = REPO_ROOT / "configs" / "finetune_ssdlite320.yaml"
 
 
@@ -160,14 +159,10 @@ def test_fitted_priors_cover_bccd_training_boxes(bccd_root):
     assert rows["Platelets"].positives >= 3
 
 
-def test_fitted_priors_cover_raccoon_training_boxes():
-    if not (RACCOON_ROOT / "data" / "train_labels.csv").is_file():
-        pytest.skip(
-            f"raccoon dataset not found at {RACCOON_ROOT} (the project's ../shared/data/raccoon folder)"
-        )
+def test_fitted_priors_cover_raccoon_training_boxes(raccoon_root):
     fitted, rows = fitted_coverage(
         real_dataset_cfg(
-            f"racc_train:csv:{RACCOON_ROOT}/data/train_labels.csv:{RACCOON_ROOT}/images:one_based",
+            f"racc_train:csv:{raccoon_root}/data/train_labels.csv:{raccoon_root}/images:one_based",
             "('raccoon',)",
         )
     )
