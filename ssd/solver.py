@@ -36,6 +36,8 @@ from yacs.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_ITER = 120000  # ssd/config/defaults.py: a MAX_ITER still at it was not chosen by the user
+
 OPTIMIZERS = ("SGD", "AdamW")
 SCHEDULES = ("multistep", "cosine")
 
@@ -182,6 +184,11 @@ def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -
     resolved = cfg.clone()
     resolved.defrost()
     resolved.SOLVER.MAX_ITER = max(1, math.ceil(s.EPOCHS * per_epoch))
+    if s.MAX_ITER not in (resolved.SOLVER.MAX_ITER, DEFAULT_MAX_ITER):
+        logger.warning(
+            "SOLVER.MAX_ITER %d is replaced: SOLVER.EPOCHS %d sets the length (set SOLVER.EPOCHS 0 to count "
+            "iterations instead)", s.MAX_ITER, s.EPOCHS,
+        )  # fmt: skip
     if s.EVAL_EPOCHS > 0:
         period = max(1, math.ceil(s.EVAL_EPOCHS * per_epoch))
         resolved.SOLVER.EVAL_PERIOD = period
