@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-logger = logging.getLogger(__name__)
+from ssd.config.defaults import _C
 
-DEFAULT_MAX_ITER = 120000  # ssd/config/defaults.py: a MAX_ITER still at it was not chosen by the user
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("SGD", "AdamW")
 SCHEDULES = ("multistep", "cosine")
@@ -184,7 +184,7 @@ def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -
     resolved = cfg.clone()
     resolved.defrost()
     resolved.SOLVER.MAX_ITER = max(1, math.ceil(s.EPOCHS * per_epoch))
-    if s.MAX_ITER not in (resolved.SOLVER.MAX_ITER, DEFAULT_MAX_ITER):
+    if s.MAX_ITER not in (resolved.SOLVER.MAX_ITER, _C.SOLVER.MAX_ITER):  # set by the user, not the default
         logger.warning(
             "SOLVER.MAX_ITER %d is replaced: SOLVER.EPOCHS %d sets the length (set SOLVER.EPOCHS 0 to count "
             "iterations instead)", s.MAX_ITER, s.EPOCHS,
