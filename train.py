@@ -131,8 +131,8 @@ def build_validator(cfg: CfgNode, device: torch.device, dataset):
     if dataset is None:
         return None
     loader = build_test_loader(cfg, dataset)
-    name = getattr(dataset, "name", "validation")
-    evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=name, analysis=False)
+    dataset_name = getattr(dataset, "name", "validation")
+    evaluator = build_evaluator(cfg, dataset, output_dir=None, dataset_name=dataset_name, analysis=False)
 
     def validate(model: nn.Module) -> dict[str, float]:
         bare = unwrap(model)  # DDP's forward would expect a backward; evaluation does not need it
