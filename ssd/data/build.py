@@ -80,8 +80,8 @@ def build_dataset(
 ) -> DetectionDataset | DetectionConcatDataset:
     """The datasets called `names` (DATASETS.REGISTER entries registered first) with the pipeline of
     `build_transforms`; several names give one `DetectionConcatDataset` (same classes required).
-    `annotations_only`: no transform and no image check (for reading boxes, e.g. to fit priors, before
-    INPUT is settled; the training dataset built afterwards does the checks).
+    `annotations_only`: no transform and no DATASETS.CHECK_IMAGES decoding (for reading boxes, e.g. to fit
+    priors, before INPUT is settled; the training dataset built afterwards decodes them).
 
     Raises:
         DatasetError: a dataset is empty, or (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
