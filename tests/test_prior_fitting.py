@@ -185,8 +185,9 @@ def test_auto_augmentation_drops_the_zoom_out_only_for_small_objects():
 
 def test_a_rare_class_of_small_objects_is_not_outvoted():
     """30 small boxes (22 px) among 600 larger ones (45 px): the search weighs classes equally, so the small
-    class gets priors that match it with many priors per box, not just one. Measured: 9.2 positives per small
-    box; 5.7 when every box weighs the same (the large class then decides the stride-8 level's shapes)."""
+    class gets a level of its own: stride-8 priors of its size, matching each box with several priors.
+    Measured: smallest prior 21.0 px, 7.1 positives per small box; when every box weighs the same, the larger
+    class pulls the stride-8 level to 28.4 px and the small boxes get 4.8 positives."""
     rng = np.random.default_rng(3)
     small = random_boxes(rng, 30, 22, 320, ratio=0.8)
     large = random_boxes(rng, 600, 45, 320, ratio=0.8)
@@ -195,4 +196,5 @@ def test_a_rare_class_of_small_objects_is_not_outvoted():
     priors_xyxy = cxcywh_to_xyxy(fitted.make(320)).double()
     iou = box_iou(torch.from_numpy(small), priors_xyxy)  # (30, P)
     assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.95
-    assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 7  # positives per small box
+    assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 6  # positives per small box
+    assert abs(fitted.min_sizes[0] - 22) < 3
