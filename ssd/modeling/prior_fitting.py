@@ -23,8 +23,7 @@ of sqrt(w * h), big square at the 75th, aspect ratios from the spread of log(w /
 sizes and a short list of ratio sets, one level at a time, twice over, and keeps the choice that scores best:
 first the share of boxes with a prior at IoU >= the threshold, then the number of such priors per box (each
 one is a positive the box learns from), then how well the best prior fits, then fewer priors. Every class
-weighs the same in that score, so 200 platelets among 2400 red cells get priors of their own (on BCCD this
-took the platelets from 4.6 to 6.8 matching priors per box). During the search a box is compared with the
+weighs the same in that score, so 200 platelets among 2400 red cells get priors of their own. During the search a box is compared with the
 prior nearest its centre on every level, which gives exactly the best IoU of each prior shape (IoU only falls
 as the centres move apart) at O(boxes x shapes); the final report (`coverage_report`) uses the real priors
 (`make_priors`) and real IoUs.
@@ -50,9 +49,9 @@ RATIO_CHOICES = ((2.0,), (1.5,), (1.3,), (1.3, 2.0), (1.5, 3.0), (2.0, 3.0), (1.
 MAX_COUNTED_POSITIVES = 8  # in the search, matching priors per box beyond this count no more
 # Side of the big square over the small one, sqrt(MAX_SIZE / MIN_SIZE): the choices of the search. The SSD
 # paper's s'_k = sqrt(s_k * s_k+1) and lufficc's configs give 1.2 to 1.35; a wider gap leaves a big square
-# that overlaps the level's small objects by IoU 0.3-0.5, a hard negative that looks like the object (on
-# BCCD, a 1.64x big square on the platelet level slowed the platelets: val AP50 38.9 at iteration 258 against
-# 77 for the hand-made 1.22x, docs/custom_dataset.md).
+# that overlaps the level's small objects by IoU 0.3-0.5, a hard negative that looks like the object. On
+# BCCD, fitted priors with a 1.64x big square on the platelet level reached platelet val AP50 54.3 at
+# iteration 516, where the hand-made recipe's 1.22x had 77.5 at 450 (docs/custom_dataset.md).
 SQUARE_RATIOS = (1.1, 1.2, 1.35)
 MAX_FIT_BOXES = 20000  # the search uses at most this many boxes (a seeded sample); the report uses all
 COVERAGE_WARNING = 0.9  # warn when a class has fewer of its boxes covered
