@@ -50,10 +50,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
 from ssd.config.loading import ConfigError  # noqa: E402
+from ssd.engine.runtime import export_onnx  # noqa: E402
 from ssd.modeling.model_zoo import load_detector  # noqa: E402
 from ssd.modeling.weights import WeightsError  # noqa: E402
-
-ONNX_OPSET = 17
 
 
 class RawNetwork(nn.Module):
@@ -65,27 +64,6 @@ class RawNetwork(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.detector.predict_raw(images)
-
-
-def export_onnx(network: nn.Module, example: Tensor, path: Path) -> None:
-    """ONNX with a dynamic batch axis.
-
-    The TorchScript-based exporter (`dynamo=False`) is used: the dynamo exporter needs the `onnxscript`
-    package, which the project does not depend on, while this one covers every layer of the SSD networks.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch announces the legacy exporter's end
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape check in predict_raw
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["images"],
-            output_names=["cls_logits", "offsets"],
-            dynamic_axes={"images": {0: "batch"}, "cls_logits": {0: "batch"}, "offsets": {0: "batch"}},
-        )
 
 
 def export_torchscript(network: nn.Module, example: Tensor, path: Path) -> None:
@@ -194,7 +172,10 @@ def export(
     size = cfg.INPUT.IMAGE_SIZE
     example = torch.zeros(1, 3, size, size)
     with torch.no_grad():
-        (export_onnx if fmt == "onnx" else export_torchscript)(network, example, output)
+        if fmt == "onnx":  # the same export as the onnxruntime backend of demo.py and test.py
+            export_onnx(loaded.model, size, output)
+        else:
+            export_torchscript(network, example, output)
 
     paths = {
         "model": output,
