@@ -194,6 +194,7 @@ def export(
         "size_variance": cfg.MODEL.SIZE_VARIANCE,
         "score_threshold": cfg.TEST.CONFIDENCE_THRESHOLD,
         "nms_threshold": cfg.TEST.NMS_THRESHOLD,
+        "max_per_class": cfg.TEST.MAX_PER_CLASS,
         "max_per_image": cfg.TEST.MAX_PER_IMAGE,
         "class_names": list(loaded.class_names),
     }
