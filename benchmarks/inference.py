@@ -28,7 +28,8 @@ adds torch.compile). "torchvision NHWC" is the peer with the same channels-last 
 the gain the layout alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
 
 FLOP bound: GFLOPs (FlopCounterMode, multiply-add = 2) / the machine's measured fp32 GEMM peak at the same
-thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak).
+thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak); the bound is
+fp32's, so the int8 row, whose kernels do four 8-bit multiply-adds where fp32 does one, can go below 1.
 """
 
 from __future__ import annotations

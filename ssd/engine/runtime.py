@@ -16,6 +16,7 @@ logits), and an ONNX file made by `tools/quantize.py` (int8) runs through the sa
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections.abc import Callable, Sequence
@@ -189,6 +190,4 @@ def _on_cpu(module: nn.Module) -> bool:
 
 
 def _cpu_copy(module: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(module).cpu()
