@@ -24,12 +24,9 @@ and `postprocess` below turns the raw outputs into detections with only NumPy:
 
 This is what `PostProcessor` computes (tests/test_export.py checks they agree).
 
-Serving with TorchServe: archive the TorchScript file (or the ONNX file, with the ONNX runtime handler) with
-`torch-model-archiver --model-name ssd --version 1.0 --serialized-file ssd.pt --handler handler.py
---extra-files ssd_priors.npy,ssd_serving.json,ssd.yaml`. A small custom handler does the rest: `preprocess`
-decodes the image to RGB, resizes it to S x S (bilinear) and subtracts the pixel mean from the JSON;
-`inference` calls the model; `postprocess` calls this file's `postprocess` with the priors and the
-original image size, and returns boxes, class names and scores as JSON.
+Serving with TorchServe: `tools/serve/archive.py` exports the ONNX file and packs it, with the serving JSON,
+the priors and the handler `tools/serve/ssd_handler.py` (our pre-processing, ONNX Runtime, our PostProcessor,
+JSON with class names), into a .mar archive; docs/serving.md starts a server and queries it.
 """
 
 from __future__ import annotations
