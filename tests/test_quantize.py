@@ -7,6 +7,7 @@ Measured on shapes_test (200 images, docs/serving.md): AP50 90.97 fp32, 90.93 in
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -49,16 +50,19 @@ def shapes_int8(tmp_path_factory) -> dict:
     return quantize_tool.main(["--ckpt", str(SHAPES), "--output", str(out), "--calibration-images", "16"])
 
 
-def test_every_conv_is_int8_unless_skipped(shapes_int8, tmp_path):
+def test_every_conv_is_int8_unless_skipped(shapes_int8, tmp_path, capsys):
     assert int8_conv_weights(shapes_int8["int8"]) == (shapes_int8["convs"], shapes_int8["convs"])
     assert shapes_int8["fp32"].with_name("shapes_fp32_serving.json").is_file()  # the side files of export
     skipped = quantize_tool.main(
         ["--onnx", str(shapes_int8["fp32"]), "--output", str(tmp_path / "nodw.onnx"), "--skip-depthwise",
-         "--calibration-images", "8"]
+         "--calibration-images", "8", "--benchmark"]
     )  # fmt: skip
     assert len(skipped["excluded"]) == 31  # MobileNetV2: 17 blocks, 14 of them (t=6) + SSDLite heads
     quantized, convs = int8_conv_weights(skipped["int8"])
     assert quantized == convs - 31
+    assert re.search(
+        r"median of 20: fp32 \d+\.\d\d ms, int8 \d+\.\d\d ms \(\d+\.\d\dx\)", capsys.readouterr().out
+    )
 
 
 def test_bad_arguments_are_one_line(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from ssd.config.loading import ConfigError  # noqa: E402
 from ssd.data.build import build_dataset  # noqa: E402
 from ssd.data.datasets.image_files import DatasetError  # noqa: E402
 from ssd.engine.quantize import quantize_int8  # noqa: E402
+from ssd.engine.runtime import onnxruntime_session  # noqa: E402
 from ssd.modeling.weights import WeightsError  # noqa: E402
 
 CALIBRATION_BATCH = 8
+BENCHMARK_REPEATS = 20
 
 
 def calibration_batches(cfg, num_images: int) -> Iterator[np.ndarray]:
@@ -46,6 +49,20 @@ def calibration_batches(cfg, num_images: int) -> Iterator[np.ndarray]:
         yield np.stack([dataset[int(i)][0].numpy() for i in indices[start : start + CALIBRATION_BATCH]])
 
 
+def time_networks(files: dict[str, Path], images: np.ndarray) -> dict[str, float]:
+    """Median seconds per run of each ONNX file on `images` (N, 3, S, S), one ONNX Runtime thread, the files
+    taking turns (so that a busy machine slows them alike)."""
+    sessions = {name: onnxruntime_session(path, num_threads=1) for name, path in files.items()}
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for round_ in range(BENCHMARK_REPEATS + 2):  # the first 2 rounds warm up
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {"images": images})
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=None, help="YAML config (default: the checkpoint's own)")
@@ -55,6 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calibration-images", type=int, default=64, help="training images (default 64)")
     parser.add_argument(
         "--skip-depthwise", action="store_true", help="keep depthwise convs in float32 (see docs/serving.md)"
+    )
+    parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="then time the fp32 and int8 networks (batch 1, 1 thread, median of 20, interleaved)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -81,6 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     kept = f", {len(info['excluded'])} depthwise left in float32" if info["excluded"] else ""
     print(f"fp32  {fp32}")
     print(f"int8  {output} ({info['convs']} convs{kept}; calibrated on {cfg.DATASETS.TRAIN})")
+    if args.benchmark:
+        image = next(calibration_batches(cfg, 1))  # (1, 3, S, S)
+        times = time_networks({"fp32": fp32, "int8": output}, image)
+        print(
+            f"network, batch 1, 1 thread, median of {BENCHMARK_REPEATS}: fp32 {times['fp32'] * 1e3:.2f} ms, "
+            f"int8 {times['int8'] * 1e3:.2f} ms ({times['fp32'] / times['int8']:.2f}x)"
+        )
     return {"fp32": fp32, "int8": output, **info}
 
 
