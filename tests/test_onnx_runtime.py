@@ -1,10 +1,10 @@
 """The onnxruntime backend (ssd/engine/runtime.py) of demo.py and test.py: on the bundled shapes model its
 detections equal eager PyTorch's within float rounding, and test.py's AP is the same within 0.1.
 
-Tolerances: the ONNX network and the eager one compute the same convs in another order (the exporter
-folds the BatchNorms into the convs), so the raw outputs differ by float rounding: measured max 6.2e-6 on logits up to 7.5
-and 5.2e-6 on offsets, on the 8 demo images; the test allows 1e-4. After the shared PostProcessor, scores
-must agree within 1e-4 and box corners within 0.01 pixel."""
+Tolerances: the ONNX network and the eager one compute the same convs in another order (the exporter folds
+the BatchNorms into the convs), so the raw outputs differ by float rounding: measured max 6.2e-6 on logits
+up to 7.5 and 5.2e-6 on offsets, on the 8 demo images; the test allows 1e-4. After the shared PostProcessor,
+scores must agree within 1e-4 and box corners within 0.01 pixel."""
 
 from __future__ import annotations
 
