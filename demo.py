@@ -5,6 +5,7 @@
     python demo.py --config-file CFG --ckpt model_final.pth a.jpg b.png --score-threshold 0.3
     python demo.py --video street.mp4 --frame-stride 5 --ckpt mobilenet_v2_ssd320_voc0712
     python demo.py --print-config --ckpt vgg_ssd300_voc0712            # the merged config, then exit
+    python demo.py --backend onnxruntime --threads 1       # the network in ONNX Runtime (docs/serving.md)
 
 --ckpt takes a file, a URL or a model zoo name (`ssd/modeling/model_zoo.py`); without --config-file the zoo
 entry's config, a `<ckpt>.yaml` beside the file or the config stored in the checkpoint is used. With no
@@ -23,6 +24,7 @@ an HTML report per evaluated dataset (`ssd/evaluation/report.py`; the no-argumen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -37,6 +39,7 @@ from ssd.config.loading import ConfigError
 from ssd.data.datasets.base import read_image_rgb
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.transforms import build_transforms
+from ssd.engine.runtime import BACKENDS, build_backend
 from ssd.modeling.model_zoo import MODEL_ZOO, LoadedDetector, load_detector
 from ssd.modeling.weights import WeightsError
 from ssd.utils.visualize import draw_boxes, write_image
@@ -78,6 +81,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_SCORE_THRESHOLD,
         help=f"draw detections scoring above this (default {DEFAULT_SCORE_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="where the network runs; pre- and post-processing are the same (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--onnx", default=None, metavar="FILE", help="onnxruntime: this exported file (default: export now)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
     )
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument(
@@ -256,9 +271,19 @@ def main(argv: list[str] | None = None):
     if args.print_config:
         print(loaded.cfg.dump())
         return loaded.cfg
-    print(
-        f"Loaded weights from {loaded.source} ({loaded.device}); classes: {', '.join(loaded.class_names[1:])}"
-    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        model = build_backend(
+            loaded.model, args.backend, loaded.cfg.INPUT.IMAGE_SIZE, args.onnx, args.threads
+        )
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"demo.py: {err}") from None
+    where = str(loaded.device)
+    if args.backend == "onnxruntime":  # ONNX Runtime runs on the CPU: the images are prepared there
+        loaded = dataclasses.replace(loaded, model=model, device=torch.device("cpu"))
+        where = f"onnxruntime on the cpu, {args.onnx or 'network exported now'}"
+    print(f"Loaded weights from {loaded.source} ({where}); classes: {', '.join(loaded.class_names[1:])}")
     detector = Detector(loaded, args.score_threshold)
     output_dir = Path(args.output_dir)
     if args.video:

@@ -2,6 +2,9 @@
 
     python test.py --config-file configs/vgg_ssd300_voc0712.yaml [--ckpt PATH] [--output-dir DIR] [KEY VALUE ...]
 
+The network can run in ONNX Runtime instead of PyTorch (`--backend onnxruntime [--onnx FILE]`, e.g. an int8
+file from tools/quantize.py); pre- and post-processing stay the same (docs/serving.md).
+
 Without --ckpt, the checkpoint named in OUTPUT_DIR/last_checkpoint is used. Results go to
 OUTPUT_DIR/inference/<dataset>/ (results.json, coco_instances_results.json, analysis.json, confusion_matrix.png,
 pr_curves.png, and report.html: the errors with pictures, see docs/custom_dataset.md); the log to OUTPUT_DIR/log.txt. Several GPUs: `torchrun --nproc_per_node N test.py ...`.
@@ -13,10 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ssd.config import ConfigError, load_config
 from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import LAST_CHECKPOINT, CheckpointError
 from ssd.engine.inference import evaluate_on_test_datasets
+from ssd.engine.runtime import BACKENDS, build_backend
 from ssd.modeling import build_detection_model
 from ssd.modeling.model_zoo import bundled_file, read_checkpoint_metadata
 from ssd.modeling.prior_fitting import resolve_priors_for_inference
@@ -37,6 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint or weights file, URL or model-zoo name; default: the one named in OUTPUT_DIR/last_checkpoint",
     )
     parser.add_argument("--output-dir", "--output_dir", default=None, help="overrides OUTPUT_DIR")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="where the network runs; pre- and post-processing are the same (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="onnxruntime: this exported or quantized file (default: export the checkpoint now)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
+    )
     parser.add_argument(
         "--print-config", action="store_true", help="print the merged config as YAML and exit"
     )
@@ -99,6 +120,15 @@ def run(args: argparse.Namespace) -> dict:
     model = build_detection_model(cfg)
     load_model_weights(model, ckpt, strict=True)
     model.to(device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        model = build_backend(model, args.backend, cfg.INPUT.IMAGE_SIZE, args.onnx, args.threads)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"test.py: {err}") from None
+    if args.backend == "onnxruntime":
+        device = torch.device("cpu")  # ONNX Runtime runs on the CPU
+        logger.info(f"Network in ONNX Runtime: {args.onnx or 'exported from the checkpoint now'}")
     logger.info(f"Evaluating {ckpt} on {', '.join(cfg.DATASETS.TEST)} ({device})")
     return evaluate_on_test_datasets(cfg, model, device, output_dir)
 

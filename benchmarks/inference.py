@@ -19,24 +19,32 @@ their own activations, classification logits scaled to std 2, and a background b
 `--candidates` (prior, class) pairs per image pass each model's score threshold. Without this nearly every
 candidate passes and post-processing would time NMS over ~10^5 boxes.
 
-"ours fast" is `ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile`
+"ours onnxruntime" is the network of `ours` exported to ONNX and run in ONNX Runtime (fp32) with our pre- and
+post-processing (ssd/engine/runtime.py, `--backend onnxruntime` of demo.py and test.py); "ours onnxruntime
+int8" the same file quantized by ssd/engine/quantize.py (calibrated on 4 of the synthetic test images: the
+weights are random, so this times int8 kernels, it says nothing of accuracy). ONNX Runtime gets the same
+thread count as torch (--threads). "ours fast" is `ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile`
 adds torch.compile). "torchvision NHWC" is the peer with the same channels-last layout, to show how much of
 the gain the layout alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
 
 FLOP bound: GFLOPs (FlopCounterMode, multiply-add = 2) / the machine's measured fp32 GEMM peak at the same
-thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak).
+thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak); the bound is
+fp32's, so the int8 row, whose kernels do four 8-bit multiply-adds where fp32 does one, can go below 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
+from pathlib import Path
 
 import common  # benchmarks/common.py: the script's folder is on sys.path
 import numpy as np
 import torch
 
 from ssd.data.transforms import build_transforms
+from ssd.engine.runtime import OnnxRuntimeDetector, export_onnx, onnxruntime_session
 from ssd.modeling.fast import optimize_for_inference
 
 PIXEL_MEAN = (123, 117, 104)
@@ -59,8 +67,29 @@ def torchvision_inputs(images: list[np.ndarray]) -> list[torch.Tensor]:
     return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0) for image in images]
 
 
-def prepare_pair(pair: str, candidates: int, use_compile: bool):
-    """(size, ours, ours fast, torchvision) with the same trained-like score distribution."""
+def onnxruntime_contenders(ours, size: int, calibration: torch.Tensor, threads: int) -> dict:
+    """{"ours onnxruntime": fp32, "ours onnxruntime int8": int8} detectors of `ours` (its network exported,
+    then quantized with calibration on `calibration` (N, 3, S, S)); {} when onnxruntime is missing."""
+    try:
+        from ssd.engine.quantize import quantize_int8
+    except ImportError:
+        print("  onnxruntime not installed: no ONNX Runtime rows")
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "ours.onnx", Path(tmp) / "ours_int8.onnx"
+        export_onnx(ours, size, fp32)
+        quantize_int8(fp32, int8, [calibration.numpy()])
+        return {  # a session reads its file when it is made, so the folder may go
+            name: OnnxRuntimeDetector(
+                onnxruntime_session(path, threads), ours.priors_cxcywh, ours.postprocessor, str(path)
+            )
+            for name, path in (("ours onnxruntime", fp32), ("ours onnxruntime int8", int8))
+        }
+
+
+def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1):
+    """(size, ours, ours fast, torchvision, ONNX Runtime contenders) with the same trained-like score
+    distribution."""
     ours, tv = common.build_ours(pair), common.build_torchvision(pair)
     size = common.IMAGE_SIZES[pair]
     calibration = ours_preprocess(size)(common.test_images(4, seed=1))[0]
@@ -74,7 +103,7 @@ def prepare_pair(pair: str, candidates: int, use_compile: bool):
         f"{tv.score_thresh}"
     )
     fast = optimize_for_inference(ours, compile=use_compile)
-    return size, ours, fast, tv
+    return size, ours, fast, tv, onnxruntime_contenders(ours, size, calibration, threads)
 
 
 def profile_networks(named: dict, top: int = 12) -> None:
@@ -93,7 +122,7 @@ def profile_networks(named: dict, top: int = 12) -> None:
 def run_pair(pair: str, args: argparse.Namespace, peak: float) -> None:
     """Calibrate one pair, count its FLOPs, then time it at every batch size (and profile if asked)."""
     print(f"\n== {pair}: ours {common.PAIRS[pair][0]} vs torchvision {common.PAIRS[pair][2]}")
-    size, ours, fast, tv = prepare_pair(pair, args.candidates, args.compile)
+    size, ours, fast, tv, ort = prepare_pair(pair, args.candidates, args.compile, args.threads)
     tv_net = common.torchvision_network(tv)
     one = torch.randn(1, 3, size, size) * 60
     with torch.inference_mode():
@@ -101,7 +130,7 @@ def run_pair(pair: str, args: argparse.Namespace, peak: float) -> None:
         gflops["torchvision"] = common.count_gflops(lambda: tv_net(one))
     print(f"  GFLOPs per image (network): ours {gflops['ours']:.2f}, torchvision {gflops['torchvision']:.2f}")
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        time_batch(size, ours, fast, tv, batch_size, args.repeats, gflops, peak)
+        time_batch(size, ours, fast, tv, ort, batch_size, args.repeats, gflops, peak)
     if args.profile:
         one = ours_preprocess(size)(common.test_images(1))[0]
         with torch.inference_mode():
@@ -114,7 +143,9 @@ def run_pair(pair: str, args: argparse.Namespace, peak: float) -> None:
             )
 
 
-def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict, peak: float) -> None:
+def time_batch(
+    size, ours, fast, tv, ort: dict, batch_size: int, repeats: int, gflops: dict, peak: float
+) -> None:
     """Time end to end and network alone at one batch size, all contenders interleaved; print the rows."""
     preprocess = ours_preprocess(size)
     images = common.test_images(batch_size)
@@ -131,6 +162,8 @@ def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict
             {
                 "ours": lambda: ours_e2e(ours),
                 "ours fast": lambda: ours_e2e(fast),
+                # the default argument binds each model now, not the loop's last one
+                **{name: (lambda m=model: ours_e2e(m)) for name, model in ort.items()},
                 "torchvision": lambda: tv(torchvision_inputs(images)),
             },
             repeats,
@@ -139,6 +172,7 @@ def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict
             {
                 "ours": lambda: ours.predict_raw(batch),
                 "ours fast": lambda: fast.predict_raw(batch),
+                **{name: (lambda m=model: m.predict_raw(batch)) for name, model in ort.items()},
                 "torchvision": lambda: tv_net(batch),
                 "torchvision NHWC": lambda: tv_nhwc_net(batch),
             },
@@ -151,6 +185,7 @@ def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict
     print(
         f"  ratio to torchvision: ours {common.median(e2e['ours']) / tv_e2e:.2f}, "
         f"ours fast {common.median(e2e['ours fast']) / tv_e2e:.2f}"
+        + "".join(f", {name} {common.median(e2e[name]) / tv_e2e:.2f}" for name in ort)
     )
     print(f"  batch {batch_size}, network alone ({size}x{size} input):")
     for name, times in net.items():
@@ -162,7 +197,9 @@ def time_batch(size, ours, fast, tv, batch_size: int, repeats: int, gflops: dict
     tv_net_time = common.median(net["torchvision"])
     print(
         f"  ratio to torchvision: ours {common.median(net['ours']) / tv_net_time:.2f}, "
-        f"ours fast {common.median(net['ours fast']) / tv_net_time:.2f}; "
+        f"ours fast {common.median(net['ours fast']) / tv_net_time:.2f}"
+        + "".join(f", {name} {common.median(net[name]) / tv_net_time:.2f}" for name in ort)
+        + "; "
         f"FLOP bound ours {gflops['ours'] * batch_size / peak * 1e3:.1f} ms"
     )
 

@@ -27,6 +27,9 @@ def test_inference_benchmark_prints_ratios():
     output = run_benchmark("inference.py", "--pairs", "mbv3_320", "--quick", "--threads", "1")
     assert re.search(r"ratio to torchvision: ours \d+\.\d\d, ours fast \d+\.\d\d", output), output[-2000:]
     assert "GFLOP/s" in output and "x bound" in output
+    # ONNX Runtime fp32 and int8 (issue 14) in the same table, end to end and network alone
+    assert len(re.findall(r"ours onnxruntime int8 +median", output)) == 2, output[-2000:]
+    assert re.search(r"ours onnxruntime \d+\.\d\d, ours onnxruntime int8 \d+\.\d\d", output), output[-2000:]
 
 
 def test_postprocess_benchmark_prints_the_share():

@@ -24,12 +24,9 @@ and `postprocess` below turns the raw outputs into detections with only NumPy:
 
 This is what `PostProcessor` computes (tests/test_export.py checks they agree).
 
-Serving with TorchServe: archive the TorchScript file (or the ONNX file, with the ONNX runtime handler) with
-`torch-model-archiver --model-name ssd --version 1.0 --serialized-file ssd.pt --handler handler.py
---extra-files ssd_priors.npy,ssd_serving.json,ssd.yaml`. A small custom handler does the rest: `preprocess`
-decodes the image to RGB, resizes it to S x S (bilinear) and subtracts the pixel mean from the JSON;
-`inference` calls the model; `postprocess` calls this file's `postprocess` with the priors and the
-original image size, and returns boxes, class names and scores as JSON.
+Serving with TorchServe: `tools/serve/archive.py` exports the ONNX file and packs it, with the serving JSON,
+the priors and the handler `tools/serve/ssd_handler.py` (our pre-processing, ONNX Runtime, our PostProcessor,
+JSON with class names), into a .mar archive; docs/serving.md starts a server and queries it.
 """
 
 from __future__ import annotations
@@ -50,10 +47,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
 from ssd.config.loading import ConfigError  # noqa: E402
+from ssd.engine.runtime import export_onnx  # noqa: E402
 from ssd.modeling.model_zoo import load_detector  # noqa: E402
 from ssd.modeling.weights import WeightsError  # noqa: E402
-
-ONNX_OPSET = 17
 
 
 class RawNetwork(nn.Module):
@@ -65,27 +61,6 @@ class RawNetwork(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.detector.predict_raw(images)
-
-
-def export_onnx(network: nn.Module, example: Tensor, path: Path) -> None:
-    """ONNX with a dynamic batch axis.
-
-    The TorchScript-based exporter (`dynamo=False`) is used: the dynamo exporter needs the `onnxscript`
-    package, which the project does not depend on, while this one covers every layer of the SSD networks.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch announces the legacy exporter's end
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape check in predict_raw
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["images"],
-            output_names=["cls_logits", "offsets"],
-            dynamic_axes={"images": {0: "batch"}, "cls_logits": {0: "batch"}, "offsets": {0: "batch"}},
-        )
 
 
 def export_torchscript(network: nn.Module, example: Tensor, path: Path) -> None:
@@ -194,7 +169,10 @@ def export(
     size = cfg.INPUT.IMAGE_SIZE
     example = torch.zeros(1, 3, size, size)
     with torch.no_grad():
-        (export_onnx if fmt == "onnx" else export_torchscript)(network, example, output)
+        if fmt == "onnx":  # the same export as the onnxruntime backend of demo.py and test.py
+            export_onnx(loaded.model, size, output)
+        else:
+            export_torchscript(network, example, output)
 
     paths = {
         "model": output,
@@ -213,6 +191,7 @@ def export(
         "size_variance": cfg.MODEL.SIZE_VARIANCE,
         "score_threshold": cfg.TEST.CONFIDENCE_THRESHOLD,
         "nms_threshold": cfg.TEST.NMS_THRESHOLD,
+        "max_per_class": cfg.TEST.MAX_PER_CLASS,
         "max_per_image": cfg.TEST.MAX_PER_IMAGE,
         "class_names": list(loaded.class_names),
     }

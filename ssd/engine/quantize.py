@@ -1,0 +1,102 @@
+"""int8 static quantization of an exported network with ONNX Runtime's tooling (`tools/quantize.py` is the CLI).
+
+    quantize_int8("shapes.onnx", "shapes_int8.onnx", calibration_batches)   # batches (N, 3, S, S) float32
+
+Static quantization stores weights as int8 and also runs the activations in 8 bits: every conv's input and
+output gets a fixed scale and zero point, chosen from the activations seen on calibration images (min/max
+over the batches). So the calibration images must look like what the model will see: training images of the
+config's dataset, through the test transform.
+
+The graph is written in the QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantized op),
+which ONNX Runtime's CPU provider fuses into int8 kernels (QLinearConv, ...). Weights are quantized per
+output channel (one scale per filter), activations per tensor as unsigned 8 bits (uint8 activations with
+int8 weights is what the x86 VNNI kernels run fastest).
+
+Depthwise convs (one filter per channel: groups == channels) are the usual trouble in MobileNets: a filter
+of 9 weights gets its own scale, which is fine, but the activations between depthwise and pointwise convs
+are clipped ReLU6 outputs whose range differs a lot across channels, and one per-tensor scale for all
+channels loses the small ones. `skip_depthwise=True` leaves them in float32 (the measured trade-off is in
+docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+def depthwise_conv_names(model_path: str | Path) -> list[str]:
+    """Names of the Conv nodes of an ONNX file whose `group` equals their input channels (depthwise)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight_shape = weights.get(node.input[1])  # (O, I / group, kh, kw)
+        if group > 1 and weight_shape is not None and weight_shape[1] == 1:
+            names.append(node.name)
+    return names
+
+
+class _BatchReader:
+    """onnxruntime.quantization's CalibrationDataReader over (N, 3, S, S) float32 batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray]):
+        self._batches: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration_batches: Iterable[np.ndarray],
+    skip_depthwise: bool = False,
+) -> dict:
+    """Write an int8 (QDQ) copy of an exported network, calibrated on `calibration_batches`.
+
+    Args:
+        fp32_path: an ONNX file written by tools/export.py ("images" -> "cls_logits", "offsets").
+        int8_path: where the quantized file goes.
+        calibration_batches: (N, 3, S, S) float32 batches, prepared as for inference (test transform).
+        skip_depthwise: keep the depthwise convs in float32.
+
+    Returns:
+        {"convs": number of Conv nodes, "excluded": names of the nodes left in float32}.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_BatchReader, CalibrationDataReader):
+        pass
+
+    int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Shape inference and graph clean-up first, as ONNX Runtime's documentation asks: the quantizer
+        # needs the shapes of the activations.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        excluded = depthwise_conv_names(prepared) if skip_depthwise else []
+        convs = sum(node.op_type == "Conv" for node in onnx.load(str(prepared)).graph.node)
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(calibration_batches),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=excluded,
+        )
+    return {"convs": convs, "excluded": excluded}
