@@ -286,6 +286,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_test and cfg.DATASETS.TEST:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        best_file = output_dir / "model_best.pth"
+        if (
+            cfg.TEST.EVALUATE_BEST
+            and tracker is not None
+            and tracker.best is not None
+            and best_file.is_file()
+        ):
+            dist_utils.synchronize()  # rank 0 wrote the file
+            logger.info(
+                "TEST.EVALUATE_BEST: evaluating %s (iteration %d, %s %.4g on the validation images), "
+                "not the final weights", best_file, tracker.best_iteration, tracker.metric, tracker.best,
+            )  # fmt: skip
+            load_model_weights(unwrap(model), best_file, strict=True)
         dist_utils.broadcast_buffers(unwrap(model))  # the model rank 0 saved, on every process
         evaluate_on_test_datasets(cfg, unwrap(model), device, output_dir)
     return 0

@@ -230,6 +230,10 @@ _C.TEST.EVALUATORS = ("coco", "voc")
 # (new) Score threshold of the error analysis (TP/FP/FN, precision/recall/F1, confusion matrix).
 # unit: probability.
 _C.TEST.ANALYSIS_SCORE_THRESHOLD = 0.5
+# (new) At the end of train.py, evaluate model_best.pth (the checkpoint validation chose by
+# SOLVER.BEST_METRIC) on DATASETS.TEST instead of the final weights, when there is one. Off by default, as in
+# lufficc/SSD and Detectron2, which evaluate the final weights; configs/finetune_ssdlite320.yaml turns it on.
+_C.TEST.EVALUATE_BEST = False
 
 # ---------------------------------------------------------------------------------------------------
 # LOGGING (new)
