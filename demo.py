@@ -39,7 +39,7 @@ from ssd.config.loading import ConfigError
 from ssd.data.datasets.base import read_image_rgb
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.transforms import build_transforms
-from ssd.engine.runtime import BACKENDS, build_backend
+from ssd.engine.runtime import add_backend_arguments, build_backend
 from ssd.modeling.model_zoo import MODEL_ZOO, LoadedDetector, load_detector
 from ssd.modeling.weights import WeightsError
 from ssd.utils.visualize import draw_boxes, write_image
@@ -82,18 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_SCORE_THRESHOLD,
         help=f"draw detections scoring above this (default {DEFAULT_SCORE_THRESHOLD})",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="pytorch",
-        help="where the network runs; pre- and post-processing are the same (docs/serving.md)",
-    )
-    parser.add_argument(
-        "--onnx", default=None, metavar="FILE", help="onnxruntime: this exported file (default: export now)"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
-    )
+    add_backend_arguments(parser)
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument(
         "inputs", nargs="*", help="image files, then config overrides KEY VALUE ... (e.g. MODEL.DEVICE cpu)"

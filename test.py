@@ -22,7 +22,7 @@ from ssd.config import ConfigError, load_config
 from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import LAST_CHECKPOINT, CheckpointError
 from ssd.engine.inference import evaluate_on_test_datasets
-from ssd.engine.runtime import BACKENDS, build_backend
+from ssd.engine.runtime import add_backend_arguments, build_backend
 from ssd.modeling import build_detection_model
 from ssd.modeling.model_zoo import bundled_file, read_checkpoint_metadata
 from ssd.modeling.prior_fitting import resolve_priors_for_inference
@@ -43,21 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint or weights file, URL or model-zoo name; default: the one named in OUTPUT_DIR/last_checkpoint",
     )
     parser.add_argument("--output-dir", "--output_dir", default=None, help="overrides OUTPUT_DIR")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="pytorch",
-        help="where the network runs; pre- and post-processing are the same (docs/serving.md)",
-    )
-    parser.add_argument(
-        "--onnx",
-        default=None,
-        metavar="FILE",
-        help="onnxruntime: this exported or quantized file (default: export the checkpoint now)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
-    )
+    add_backend_arguments(parser)
     parser.add_argument(
         "--print-config", action="store_true", help="print the merged config as YAML and exit"
     )

@@ -26,6 +26,27 @@ import torch
 from torch import Tensor, nn
 
 BACKENDS = ("pytorch", "onnxruntime")
+
+
+def add_backend_arguments(parser) -> None:
+    """--backend, --onnx and --threads, the same for demo.py and test.py (an argparse.ArgumentParser)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="where the network runs; pre- and post-processing are the same (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="onnxruntime: this exported or quantized file (default: export the checkpoint now)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
+    )
+
+
 ONNX_OPSET = 17
 
 
