@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from test_train_e2e import TINY
+from train_fakes import NaNGradientAt
 
 from ssd.config import ConfigError, get_cfg
 from ssd.data.build import build_dataset, check_num_classes
@@ -184,25 +185,6 @@ def test_exif_rotated_jpeg_has_its_decoded_size(tmp_path, caplog):
 
 
 # ----- 2. diverged weights ---------------------------------------------------------------------------------------
-
-
-class NaNGradientAt(torch.nn.Module):
-    """The real detector, but at its `at`-th training call the gradients turn NaN while the losses stay finite:
-    sqrt(0 * s) is 0 going forward, and its derivative inf * 0 = NaN going back. So the last update of a run
-    can leave NaN weights without any loss term showing it."""
-
-    def __init__(self, model, at: int):
-        super().__init__()
-        self.model, self.at, self.calls = model, at, 0
-
-    def forward(self, images, targets=None, **kwargs):
-        losses = self.model(images, targets, **kwargs)
-        if targets is not None and self.model.training:
-            self.calls += 1
-            if self.calls == self.at:
-                total = sum(p.sum() for p in self.model.parameters())
-                losses["reg_loss"] = losses["reg_loss"] + torch.sqrt(total * 0)
-        return losses
 
 
 def run_train(output_dir: Path, *extra: str, resume: bool = False) -> int:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from train_fakes import NaNAfter
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py lives at the repository root
@@ -147,22 +148,6 @@ def test_channels_last_training_matches_nchw(tmp_path, monkeypatch):
         assert nhwc[key] == pytest.approx(nchw[key], rel=1e-3), key  # measured 2e-4 apart
     saved = load_checkpoint_file(tmp_path / "nhwc" / "model_final.pth")["model"]
     assert all(value.is_contiguous() for value in saved.values())  # saved in the usual NCHW layout
-
-
-class NaNAfter(torch.nn.Module):
-    """The real detector, but its cls_loss turns NaN from the `at`-th training call on."""
-
-    def __init__(self, model, at: int):
-        super().__init__()
-        self.model, self.at, self.calls = model, at, 0
-
-    def forward(self, images, targets=None, **kwargs):
-        losses = self.model(images, targets, **kwargs)
-        if targets is not None and self.model.training:
-            self.calls += 1
-            if self.calls >= self.at:
-                losses["cls_loss"] = losses["cls_loss"] + float("nan")
-        return losses
 
 
 def test_non_finite_loss_stops_with_its_own_exit_status(tmp_path, monkeypatch):
