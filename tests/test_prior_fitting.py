@@ -198,3 +198,18 @@ def test_a_rare_class_of_small_objects_is_not_outvoted():
     assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.95
     assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 6  # positives per small box
     assert abs(fitted.min_sizes[0] - 22) < 3
+
+
+def test_coverage_table_of_a_large_set_reads_a_seeded_sample(monkeypatch):
+    import ssd.modeling.prior_fitting as prior_fitting
+
+    cfg = load_config(
+        opts=["DATASETS.REGISTER", "('cov_sample:synthetic:12:5:96',)", "INPUT.IMAGE_SIZE", "96"]
+    )
+    dataset = build_dataset(cfg, ["cov_sample"], is_train=False, annotations_only=True)
+    every = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
+    monkeypatch.setattr(prior_fitting, "MAX_REPORT_IMAGES", 3)
+    first = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
+    again = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
+    assert every == sum(len(dataset.get_annotation(i)["labels"]) for i in range(12))
+    assert 0 < first < every and first == again  # 3 of the 12 images, the same 3 each time

@@ -55,6 +55,7 @@ MAX_COUNTED_POSITIVES = 8  # in the search, matching priors per box beyond this 
 SQUARE_RATIOS = (1.1, 1.2, 1.35)
 MAX_FIT_BOXES = 20000  # the search uses at most this many boxes (a seeded sample); the report uses all
 COVERAGE_WARNING = 0.9  # warn when a class has fewer of its boxes covered
+MAX_REPORT_IMAGES = 5000  # the coverage table before training reads at most this many images (seeded sample)
 
 
 @dataclass
@@ -495,10 +496,16 @@ def log_prior_coverage(cfg, dataset, class_names: Sequence[str]) -> list[ClassCo
         cfg.INPUT.IMAGE_SIZE, priors.FEATURE_MAPS, priors.STRIDES, priors.MIN_SIZES, priors.MAX_SIZES,
         priors.ASPECT_RATIOS, priors.CLIP,
     )  # fmt: skip
-    rows = coverage_report(priors_cxcywh, dataset_boxes(dataset), class_names, cfg.MODEL.THRESHOLD)
+    images = dataset_boxes(dataset)
+    sampled = ""
+    if len(images) > MAX_REPORT_IMAGES:  # COCO-sized sets: a seeded sample keeps this to seconds
+        pick = np.random.default_rng(max(cfg.SEED, 0)).choice(len(images), MAX_REPORT_IMAGES, replace=False)
+        images = [images[i] for i in sorted(pick)]
+        sampled = f", {MAX_REPORT_IMAGES} of the {len(dataset)} images sampled"
+    rows = coverage_report(priors_cxcywh, images, class_names, cfg.MODEL.THRESHOLD)
     logger.info(
-        "Priors on the training boxes (%d priors; a box learns from the priors with IoU >= %g):\n%s",
-        priors_cxcywh.shape[0], cfg.MODEL.THRESHOLD, format_coverage_table(rows, cfg.MODEL.THRESHOLD),
+        "Priors on the training boxes (%d priors%s; a box learns from the priors with IoU >= %g):\n%s",
+        priors_cxcywh.shape[0], sampled, cfg.MODEL.THRESHOLD, format_coverage_table(rows, cfg.MODEL.THRESHOLD),
     )  # fmt: skip
     warn_on_poor_coverage(rows)
     return rows
