@@ -96,3 +96,16 @@ def seeded_torch_home(tmp_path, monkeypatch, mobilenet_v2_weights) -> Path:
     shutil.copyfile(mobilenet_v2_weights, checkpoints / MOBILENET_V2_FILE)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     return tmp_path / "torch_home"
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """One intra-op thread: on a small shared CPU, two threads of a tiny model mostly wait for each other.
+    Modules that train use it for every test: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py leaves the thread count alone when this is set
+    yield
+    torch.set_num_threads(threads)

@@ -66,13 +66,7 @@ def render_table() -> str:
     return "\n".join(["| case | bad input | what happens |", "|---|---|---|", *rows])
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py leaves the thread count alone when this is set
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(path: Path, width: int = 96, height: int = 64) -> Path:

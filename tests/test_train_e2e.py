@@ -55,14 +55,7 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """One intra-op thread: on a small shared CPU, two threads of a tiny model mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py leaves the thread count alone when this is set
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_test_cli():
