@@ -98,3 +98,30 @@ def test_concatenation_keeps_class_names_and_refuses_different_classes(bccd_root
     cfg.DATASETS.CLASS_NAMES = ("RBC", "WBC", "Platelets")
     with pytest.raises(ValueError, match="different classes"):
         build_dataset(cfg, ("syn_loader_a", "bccd_loader_test"), is_train=True)
+
+
+def test_workers_start_after_the_main_process_used_opencv(tmp_path):
+    """A worker forked after a parallel OpenCV call in the main process must not hang (OpenCV's thread pool is
+    not fork-safe; ssd.data.build keeps OpenCV single-threaded). Run in a fresh interpreter without
+    OMP_NUM_THREADS, as CI and users run it, with a time limit."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import cv2, numpy as np\n"
+        "from ssd.config import load_config\n"
+        "from ssd.data.build import build_train_loader\n"
+        "cv2.resize(np.zeros((3000, 3000, 3), np.uint8), (1500, 1500))\n"  # a parallel call, if allowed
+        "cfg = load_config(opts=['DATASETS.REGISTER', \"('fork_t:synthetic:8:1:96',)\", 'DATASETS.TRAIN',\n"
+        "    \"('fork_t',)\", 'INPUT.IMAGE_SIZE', '96', 'SOLVER.BATCH_SIZE', '4', 'SOLVER.MAX_ITER', '4',\n"
+        "    'DATA_LOADER.NUM_WORKERS', '2', 'DATASETS.VAL_FRACTION', '0.0'])\n"
+        "for images, targets, indices in build_train_loader(cfg):\n"
+        "    cv2.resize(np.zeros((3000, 3000, 3), np.uint8), (1500, 1500))\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=40, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

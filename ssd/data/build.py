@@ -157,9 +157,16 @@ class _SeededSamples(Dataset):
         return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, position, index]))
 
 
+# OpenCV single-threaded in every process. Its thread pool is not fork-safe: a DataLoader worker forked after
+# the main process ran a parallel OpenCV call (a resize, a decode) hung for good in the worker's first OpenCV
+# call (seen in CI, in pthread_cond_destroy). The pipeline runs in parallel across the loader's workers
+# instead; a worker inherits this setting.
+cv2.setNumThreads(0)
+
+
 def _worker_init(worker_id: int) -> None:
-    # Workers run in parallel already: one OpenCV / torch thread each avoids oversubscribing the cores.
-    cv2.setNumThreads(1)
+    # Workers run in parallel already: one torch thread each avoids oversubscribing the cores (OpenCV is
+    # single-threaded from the module import above).
     torch.set_num_threads(1)
 
 
