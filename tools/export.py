@@ -47,20 +47,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
 from ssd.config.loading import ConfigError  # noqa: E402
-from ssd.engine.runtime import export_onnx  # noqa: E402
+from ssd.engine.runtime import RawNetwork, export_onnx  # noqa: E402
 from ssd.modeling.model_zoo import load_detector  # noqa: E402
 from ssd.modeling.weights import WeightsError  # noqa: E402
-
-
-class RawNetwork(nn.Module):
-    """The exported module: images (N, 3, S, S) -> (cls_logits (N, P, C), offsets (N, P, 4))."""
-
-    def __init__(self, detector: nn.Module):
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.detector.predict_raw(images)
 
 
 def export_torchscript(network: nn.Module, example: Tensor, path: Path) -> None:

@@ -50,8 +50,8 @@ def add_backend_arguments(parser) -> None:
 ONNX_OPSET = 17
 
 
-class _RawNetwork(nn.Module):
-    """images (N, 3, S, S) -> (cls_logits (N, P, C), offsets (N, P, 4)): what is exported."""
+class RawNetwork(nn.Module):
+    """images (N, 3, S, S) -> (cls_logits (N, P, C), offsets (N, P, 4)): what is exported (ONNX, TorchScript)."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
@@ -73,7 +73,7 @@ def export_onnx(detector: nn.Module, image_size: int, path: str | Path | io.Byte
         image_size: S, the network's input size (INPUT.IMAGE_SIZE).
         path: a file path, or a BytesIO to keep the model in memory.
     """
-    network = _RawNetwork(detector).eval()
+    network = RawNetwork(detector).eval()
     example = torch.zeros(1, 3, image_size, image_size)
     target = path if isinstance(path, io.BytesIO) else str(path)
     with torch.no_grad(), warnings.catch_warnings():
