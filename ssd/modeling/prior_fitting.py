@@ -157,8 +157,8 @@ def _fit_levels(
     strides: Sequence[float],
     image_size: int,
     threshold: float,
-) -> tuple[FittedPriors, float]:
-    """Fit sizes and ratios for fixed levels; returns the priors and the share of boxes covered (search metric)."""
+) -> FittedPriors:
+    """Fit sizes and ratios (MIN_SIZES, MAX_SIZES, ASPECT_RATIOS) for fixed levels."""
     classes, class_index, class_count = np.unique(labels, return_inverse=True, return_counts=True)
     box_weights = 1.0 / (class_count[class_index] * len(classes))  # (G,) each class sums to 1 / C
     num_levels = len(feature_maps)
@@ -232,7 +232,7 @@ def _fit_levels(
         max_sizes=[round(M, 1) for M in max_sizes],
         aspect_ratios=[[float(r) for r in level] for level in ratios],
     )
-    return fitted, float((per_level.max(axis=0) >= threshold).mean())
+    return fitted
 
 
 def fit_priors(
@@ -278,10 +278,10 @@ def fit_priors(
     )  # (G, 4)
     feature_maps = [f for f, _ in levels]
     strides = [s for _, s in levels]
-    fitted, _ = _fit_levels(boxes_cxcywh, labels, feature_maps, strides, image_size, threshold)
+    fitted = _fit_levels(boxes_cxcywh, labels, feature_maps, strides, image_size, threshold)
     if stride8_level is None:
         return fitted
-    with_stride8, _ = _fit_levels(
+    with_stride8 = _fit_levels(
         boxes_cxcywh,
         labels,
         [stride8_level[0], *feature_maps],
