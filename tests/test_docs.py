@@ -15,7 +15,12 @@ How blocks run:
   `pip install`) are dropped with the reason "run by .ci/run"; a block left empty counts as skipped.
 - ```python blocks of one file run in one interpreter, each block in its own fresh namespace (a block may not
   use another block's variables; it may use files an earlier block wrote), so imports are paid once per file.
-- Other fences (```text, ```yaml, plain ```) are not run.
+- Fences tagged ```text, ```yaml, ```json, ```console or plain ``` (output, config excerpts) are not run; any
+  other tag fails the test (a ```py or ```sh block would otherwise be dropped without a word).
+- A page whose blocks read the project's shared data (../shared/data, absent in a user's clone) is skipped when
+  that folder is missing (failed under SSD_REQUIRE_SHARED_DATA=1). What a block reads is decided from the block
+  itself: `../shared` in its code, or in a repository file it names (a config under configs/ or models/,
+  following `_BASE_`, or a bundled model's name whose config is models/NAME.yaml), see `shared_data_read_by`.
 
 Markers: HTML comments on the lines right before a fence (invisible when rendered) turn an expensive command
 into a cheap variant of the same command; their arguments are shell words (shlex):
@@ -56,6 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"  # the project's shared folder (BCCD); absent in a user's clone
 DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 RUN_LANGUAGES = ("bash", "python")
+NOT_RUN_LANGUAGES = ("", "text", "yaml", "json", "console")  # shown, never run
 NOT_MIRRORED = {".git", ".venv", ".ci-venv", "outputs", ".pytest_cache", ".ruff_cache", "wandb"}
 SETUP_LINE = re.compile(r"^\s*(python3? -m venv\b|source \S*activate\b|(python3? -m )?pip3? install\b)")
 MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(\w+)\s*(.*?)\s*-->\s*$")
@@ -113,6 +119,55 @@ def parse_blocks(text: str, source: str = "") -> list[Block]:
     if pending:
         raise ValueError(f"{source}:{pending[0][2]}: doc-test marker not followed by a fenced block")
     return blocks
+
+
+def check_languages(blocks: list[Block], source: str) -> None:
+    """Every fence is either run or one of the shown-only tags; a typo such as ```py must not drop a block."""
+    for block in blocks:
+        if block.language not in RUN_LANGUAGES + NOT_RUN_LANGUAGES:
+            raise ValueError(
+                f"{source} {block.where}: fence tag {block.language!r} is neither run ({', '.join(RUN_LANGUAGES)}) "
+                f"nor shown-only ({', '.join(repr(t) for t in NOT_RUN_LANGUAGES)})"
+            )
+
+
+SHARED_TEXT = "../shared"
+FILE_TOKEN = re.compile(r"[\w./-]+")
+
+
+def _config_chain(path: Path) -> list[Path]:
+    """A YAML config and the files its `_BASE_` lines name (relative to the including file), nearest first."""
+    chain, seen = [], set()
+    while path.is_file() and path.resolve() not in seen:
+        seen.add(path.resolve())
+        chain.append(path)
+        base = re.search(r"^_BASE_:\s*[\"']?([^\"'#\s]+)", path.read_text(), re.MULTILINE)
+        if base is None:
+            break
+        path = path.parent / base.group(1)
+    return chain
+
+
+def shared_data_read_by(code: str, repo_root: Path = REPO_ROOT) -> str | None:
+    """Why a block reads the project's shared data (../shared), or None when it does not.
+
+    The block reads it when `../shared` is in its code, or in a repository file that it names: a config
+    (`configs/x.yaml`, `models/x.yaml`, their `_BASE_` chains) or a bundled model by name (`--ckpt NAME` loads
+    models/NAME.yaml). Files the block writes itself are not in the repository and are not followed.
+    """
+    if SHARED_TEXT in code:
+        return f"the block names {SHARED_TEXT}"
+    for token in dict.fromkeys(FILE_TOKEN.findall(code)):
+        candidates = [repo_root / token]
+        if re.fullmatch(r"\w+", token):
+            candidates.append(repo_root / "models" / f"{token}.yaml")
+        for candidate in candidates:
+            if candidate.suffix not in (".yaml", ".yml") or not candidate.is_file():
+                continue
+            for config in _config_chain(candidate):
+                if SHARED_TEXT in config.read_text():
+                    return f"{token} reads {SHARED_TEXT} ({config.relative_to(repo_root)})"
+    return None
 
 
 def apply_markers(block: Block) -> tuple[str | None, dict[str, str], str]:
@@ -309,13 +364,55 @@ def test_parse_blocks_markers_and_setup_lines():
         check_blocks_ran("<!-- doc-test-none: -->\n", "page.md", ran=0)
 
 
+def test_fence_tags_are_run_or_shown_only():
+    """```py (a typo for python) or ```sh would drop a block silently: the page fails instead."""
+    check_languages(parse_blocks("```text\nout\n```\n```\nplain\n```\n```yaml\nA: 1\n```\n"), "page.md")
+    for tag in ("py", "sh", "shell", "python3"):
+        with pytest.raises(ValueError, match=f"fence tag '{tag}'"):
+            check_languages(parse_blocks(f"```{tag}\nprint(1)\n```\n"), "page.md")
+
+
+def test_shared_data_is_decided_from_what_a_block_reads(tmp_path):
+    """A block reads ../shared through the files it names, not only through its own text (issue 19: the
+    serving page ran tools/quantize.py on the BCCD config and failed in a clone without ../shared)."""
+    reason = shared_data_read_by(
+        "python tools/quantize.py --config-file configs/mobilenet_v2_ssd320_bccd.yaml"
+    )
+    assert reason and "configs/mobilenet_v2_ssd320_bccd.yaml" in reason
+    reason = shared_data_read_by("python demo.py --ckpt bccd_ssdlite --output-dir out")
+    assert reason and "models/bccd_ssdlite.yaml" in reason
+    assert "../shared" in shared_data_read_by("ls ../shared/data/BCCD")
+    for code in (
+        "python train.py SOLVER.MAX_ITER 2",
+        "python demo.py --ckpt shapes_ssdlite",
+        "python test.py --config-file models/shapes_ssdlite.yaml --ckpt models/shapes_ssdlite.pth",
+    ):
+        assert shared_data_read_by(code) is None, code
+    # through a _BASE_ chain (path relative to the including file), in a repository of its own
+    (tmp_path / "configs" / "sub").mkdir(parents=True)
+    (tmp_path / "configs" / "base.yaml").write_text(
+        'DATASETS:\n  REGISTER: ("a:voc:../shared/data/X:train",)\n'
+    )
+    (tmp_path / "configs" / "sub" / "mine.yaml").write_text("_BASE_: ../base.yaml\nSOLVER:\n  LR: 0.1\n")
+    reason = shared_data_read_by("python train.py --config-file configs/sub/mine.yaml", tmp_path)
+    assert reason and "base.yaml" in reason
+    (tmp_path / "configs" / "base.yaml").write_text("SOLVER:\n  LR: 0.2\n")
+    assert shared_data_read_by("python train.py --config-file configs/sub/mine.yaml", tmp_path) is None
+
+
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_doc_blocks_run(doc: Path, tmp_path: Path):
     name = str(doc.relative_to(REPO_ROOT))
     text = doc.read_text()
-    if "../shared/data/BCCD" in text and not (SHARED / "data" / "BCCD" / "Annotations").is_dir():
-        shared_data_missing(f"{name} works on BCCD, which is not at {SHARED / 'data' / 'BCCD'}")
-    blocks = [b for b in parse_blocks(text, name) if b.language in RUN_LANGUAGES]
+    all_blocks = parse_blocks(text, name)
+    check_languages(all_blocks, name)
+    blocks = [b for b in all_blocks if b.language in RUN_LANGUAGES]
+    if not (SHARED / "data").is_dir():
+        for block in blocks:
+            code, _, _ = apply_markers(block)
+            reason = shared_data_read_by(code) if code is not None else None
+            if reason:
+                shared_data_missing(f"{name} {block.where}: {reason}, which is not at {SHARED / 'data'}")
     checkout = make_checkout(tmp_path)
     env = block_environment(tmp_path)
     worker: PythonWorker | None = None

@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--skip-depthwise", action="store_true", help="keep depthwise convs in float32 (see docs/serving.md)"
     )
     parser.add_argument(
+        "--activations",
+        choices=("int8", "uint8"),
+        default="int8",
+        help="activation data type: int8 (S8S8, default) or uint8 (U8S8); see ssd/engine/quantize.py",
+    )
+    parser.add_argument(
         "--benchmark",
         action="store_true",
         help="then time the fp32 and int8 networks (batch 1, 1 thread, median of 20, interleaved)",
@@ -96,13 +102,20 @@ def main(argv: list[str] | None = None) -> dict:
 
         cfg = load_detector(args.ckpt, args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"]).cfg
         info = quantize_int8(
-            fp32, output, calibration_batches(cfg, args.calibration_images), args.skip_depthwise
+            fp32,
+            output,
+            calibration_batches(cfg, args.calibration_images),
+            args.skip_depthwise,
+            args.activations,
         )
     except (WeightsError, ConfigError, DatasetError, KeyError, ValueError, FileNotFoundError) as err:
         sys.exit(f"quantize.py: {err}")
     kept = f", {len(info['excluded'])} depthwise left in float32" if info["excluded"] else ""
     print(f"fp32  {fp32}")
-    print(f"int8  {output} ({info['convs']} convs{kept}; calibrated on {cfg.DATASETS.TRAIN})")
+    print(
+        f"int8  {output} ({info['convs']} convs{kept}, {args.activations} activations; calibrated on "
+        f"{info['calibration_images']} images of {cfg.DATASETS.TRAIN})"
+    )
     if args.benchmark:
         image = next(calibration_batches(cfg, 1))  # (1, 3, S, S)
         times = time_networks({"fp32": fp32, "int8": output}, image)

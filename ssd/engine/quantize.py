@@ -9,8 +9,15 @@ config's dataset, through the test transform.
 
 The graph is written in the QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantized op),
 which ONNX Runtime's CPU provider fuses into int8 kernels (QLinearConv, ...). Weights are quantized per
-output channel (one scale per filter), activations per tensor as unsigned 8 bits (uint8 activations with
-int8 weights is what the x86 VNNI kernels run fastest).
+output channel (one scale per filter), activations per tensor.
+
+Activations are signed 8 bits by default ("S8S8": int8 activations, int8 weights), the data types ONNX
+Runtime's quantization guide names as the first choice for CPUs in general. The alternative, unsigned
+activations with signed weights ("U8S8", `activations="uint8"`), runs on x86 through an instruction that
+adds pairs of u8 x s8 products into 16 bits (VPMADDUBSW) on CPUs without VNNI, and that sum can saturate;
+which kernel runs depends on the CPU family (AVX2, AVX-512 VNNI, AMX), so the same U8S8 file can lose
+different amounts of accuracy on two machines (issue 19: AP50 -0.04 on an AMD EPYC, -1.09 on an Intel Xeon
+with AMX, same file and images). docs/serving.md has the measured comparison.
 
 Depthwise convs (one filter per channel: groups == channels) are the usual trouble in MobileNets: a filter
 of 9 weights gets its own scale, which is fine, but the activations between depthwise and pointwise convs
@@ -50,10 +57,14 @@ class _BatchReader:
 
     def __init__(self, batches: Iterable[np.ndarray]):
         self._batches: Iterator[np.ndarray] = iter(batches)
+        self.images_seen = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+        if batch is None:
+            return None
+        self.images_seen += len(batch)
+        return {"images": np.ascontiguousarray(batch, dtype=np.float32)}
 
 
 def quantize_int8(
@@ -61,6 +72,7 @@ def quantize_int8(
     int8_path: str | Path,
     calibration_batches: Iterable[np.ndarray],
     skip_depthwise: bool = False,
+    activations: str = "int8",
 ) -> dict:
     """Write an int8 (QDQ) copy of an exported network, calibrated on `calibration_batches`.
 
@@ -69,9 +81,11 @@ def quantize_int8(
         int8_path: where the quantized file goes.
         calibration_batches: (N, 3, S, S) float32 batches, prepared as for inference (test transform).
         skip_depthwise: keep the depthwise convs in float32.
+        activations: "int8" (S8S8, the default) or "uint8" (U8S8; see the module docstring).
 
     Returns:
-        {"convs": number of Conv nodes, "excluded": names of the nodes left in float32}.
+        {"convs": number of Conv nodes, "excluded": names of the nodes left in float32,
+        "calibration_images": how many images the calibration ran}.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -79,6 +93,10 @@ def quantize_int8(
 
     class Reader(_BatchReader, CalibrationDataReader):
         pass
+
+    activation_types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if activations not in activation_types:
+        raise ValueError(f"activations must be one of {sorted(activation_types)}, got {activations!r}")
 
     int8_path = Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,14 +107,15 @@ def quantize_int8(
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         excluded = depthwise_conv_names(prepared) if skip_depthwise else []
         convs = sum(node.op_type == "Conv" for node in onnx.load(str(prepared)).graph.node)
+        reader = Reader(calibration_batches)
         quantize_static(
             str(prepared),
             str(int8_path),
-            Reader(calibration_batches),
+            reader,
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
+            activation_type=activation_types[activations],
             weight_type=QuantType.QInt8,
             per_channel=True,
             nodes_to_exclude=excluded,
         )
-    return {"convs": convs, "excluded": excluded}
+    return {"convs": convs, "excluded": excluded, "calibration_images": reader.images_seen}
