@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 UNITS = r"minutes|seconds|hours|min|ms|MiB|GiB|KiB|MB|GB|KB|s|h|%|x"
-NUMBER = re.compile(rf"(?<![\w.])(-?\d+(?:\.\d+)?)(?![\w.]\d)(?:\s?({UNITS})(?!\w))?")
+NUMBER = re.compile(rf"(?<![\w.])(-?\d++(?:\.\d++)?+)(?![\w.]\d)(?:\s?({UNITS})(?!\w))?")
 MARKER = re.compile(r"^\s*<!--\s*(numbers|results):\s*(.*?)\s*-->\s*$")
 RESULTS_FILE = re.compile(r"results/[\w.-]+\.json")
 SHIPPED_MODEL = re.compile(r"models/[\w.-]+\.pth")

@@ -1,4 +1,12 @@
-"""The accuracy README.md's "Results" table states for a model shipped in `models/` is what test.py measures.
+"""Every number README.md, BENCHMARKS.md and docs/ publish is checked (issue 19), in two ways:
+
+1. The accuracy README.md's "Results" table states for a model shipped in `models/` is what test.py measures
+   (re-run here, `test_readme_numbers_are_what_test_py_measures`).
+2. Every other measured-looking number is backed by a marker and, for measured ones, a committed results file
+   written by the command that measured it (`test_every_measured_number_is_backed`; the rule and the marker
+   syntax are in tests/doc_numbers.py). Training numbers come from tools/seed_runs.py: >= 3 seeds.
+
+About 1:
 
 The test reads the table itself, so a number in the README and the model beside it cannot drift apart: a row
 whose first column names a `models/*.pth` file must have an entry in SHIPPED below, and each entry re-runs the
@@ -12,14 +20,19 @@ entry here; an entry whose file is not in `models/` yet is skipped with a messag
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REQUIRE_SHARED_DATA, SHARED_DATA
+from doc_numbers import check_page
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOC_PAGES = [README, REPO / "BENCHMARKS.md", *sorted((REPO / "docs").glob("*.md"))]
+REFERENCE = SHARED_DATA.parent / "reference"  # ../shared/reference: notes on the papers' and peers' numbers
 TOLERANCE = 0.5
 
 
@@ -112,3 +125,36 @@ def test_readme_numbers_are_what_test_py_measures(entry, tmp_path, monkeypatch, 
         assert value == pytest.approx(readme, abs=TOLERANCE), (
             f"{task}/{metric}: README {readme}, measured {value}"
         )
+
+
+def reference_text() -> str | None:
+    """The project's notes on published numbers (../shared/reference/*.md), or None in a user's clone."""
+    if not REFERENCE.is_dir():
+        import os
+
+        assert os.environ.get(REQUIRE_SHARED_DATA) != "1", (
+            f"{REFERENCE} is missing: published numbers unchecked"
+        )
+        return None
+    return "\n".join(path.read_text() for path in sorted(REFERENCE.glob("*.md")))
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_measured_number_is_backed(page):
+    """Each decimal or number with a unit in the page is in the results file its marker names, a stated
+    constant, or a published number found in the reference notes; rows of shipped models are re-measured above."""
+    recomputed = {entry.checkpoint for entry in SHIPPED}
+    problems = check_page(page.read_text(), str(page.relative_to(REPO)), REPO, reference_text(), recomputed)
+    assert not problems, "\n".join(problems)
+
+
+def test_training_numbers_are_means_over_three_seeds():
+    """A results file of tools/seed_runs.py (it has "runs") holds >= 3 runs with distinct seeds."""
+    files = sorted((REPO / "results").glob("*.json"))
+    seeded = [path for path in files if "runs" in json.loads(path.read_text())]
+    assert seeded, "no results/*.json from tools/seed_runs.py: the README's training rows need them"
+    for path in seeded:
+        data = json.loads(path.read_text())
+        seeds = [run["seed"] for run in data["runs"]]
+        assert len(set(seeds)) >= 3, f"{path.name}: seeds {seeds}; publish a mean over >= 3 seeds"
+        assert data["machine"]["cpu"], f"{path.name}: which CPU measured it?"
