@@ -76,6 +76,13 @@ def test_table_rows_are_checked_against_their_own_file(repo):
     assert check(swapped, repo, reference="77.2", recomputed={"models/a.pth"}) == [
         "page.md:4: 47.7 is not in ['results/run.json'] nor given"
     ]
+    # the block's own files do not back a row that names its file: 47.7 is in other.json, not in run.json
+    marked_both = swapped.replace(
+        "<!-- numbers: published -->", "<!-- numbers: results/other.json; published -->"
+    )
+    assert check(marked_both, repo, reference="77.2", recomputed={"models/a.pth"}) == [
+        "page.md:4: 47.7 is not in ['results/run.json'] nor given"
+    ]
     unlisted = check(page, repo, reference="77.2", recomputed=set())
     assert unlisted == ["page.md:6: 56.9 is marked published but is not in ../shared/reference"]
 
