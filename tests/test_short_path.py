@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +86,67 @@ def test_user_config_trains_validates_on_held_out_images_and_tests(tmp_path):
     at_end = json.loads((out / "inference" / "sp_test" / "results.json").read_text())
     assert results["sp_test"]["bbox"]["AP50"] == pytest.approx(at_end["bbox"]["AP50"], abs=1e-6)
     assert results["sp_test"]["voc"]["mAP50_07"] == pytest.approx(at_end["voc"]["mAP50_07"], abs=1e-6)
+
+
+def prior_boxes_xyxy(cfg) -> np.ndarray:
+    """(P, 4) the priors of a concrete config as the detections of zero offsets show them: xyxy in 0..1,
+    clipped to the image (postprocess.py clips decoded boxes)."""
+    from ssd.modeling.priors import make_priors
+    from ssd.structures.boxes import cxcywh_to_xyxy
+
+    p = cfg.MODEL.PRIORS
+    priors = make_priors(
+        cfg.INPUT.IMAGE_SIZE, p.FEATURE_MAPS, p.STRIDES, p.MIN_SIZES, p.MAX_SIZES, p.ASPECT_RATIOS, p.CLIP
+    )  # (P, 4) cxcywh
+    return cxcywh_to_xyxy(priors.double()).clamp(0.0, 1.0).numpy()
+
+
+def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
+    """An AUTO config at test time: the checkpoint's stored priors are the ones the weights learnt with. A
+    refit from DATASETS.TRAIN gives the same priors only while the data and the fit stay the same, so here the
+    stored sizes are 1.25x the refit's (same boxes per location: the weights load either way). All weights are
+    zero, so every detection is a prior itself (zero offsets decode to the prior, every class scores 1/4)."""
+    from ssd.config import load_config
+    from ssd.data.build import build_fit_dataset
+    from ssd.engine.checkpoint import Checkpointer
+    from ssd.modeling import build_detection_model
+    from ssd.modeling.prior_fitting import resolve_auto_settings
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(USER_CONFIG.format(base=REPO / "configs" / "finetune_ssdlite320.yaml"))
+    user = load_config(config)
+    assert user.MODEL.PRIORS.AUTO
+    refit = resolve_auto_settings(user, build_fit_dataset(user))
+    stored = refit.clone()
+    stored.defrost()
+    stored.MODEL.PRIORS.MIN_SIZES = [round(1.25 * m, 1) for m in refit.MODEL.PRIORS.MIN_SIZES]
+    stored.MODEL.PRIORS.MAX_SIZES = [round(1.25 * m, 1) for m in refit.MODEL.PRIORS.MAX_SIZES]
+    model = build_detection_model(stored)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    ckpt = Checkpointer(model, tmp_path / "run", config_yaml=stored.dump()).save("model_final", iteration=0)
+
+    test_cli.main(["--config-file", str(config), "--ckpt", str(ckpt), "--output-dir", str(tmp_path / "t")])
+    detections = json.loads(
+        (tmp_path / "t" / "inference" / "sp_test" / "coco_instances_results.json").read_text()
+    )
+    assert detections and np.allclose([d["score"] for d in detections], 0.25)
+    xywh = np.array([d["bbox"] for d in detections]) / 128.0  # (K, 4), the 128 px test images
+    boxes_xyxy = np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), axis=1)  # (K, 4) in 0..1
+
+    def distance_to_nearest_prior(priors_xyxy: np.ndarray) -> np.ndarray:
+        """(K,) largest coordinate difference from each detection to its closest prior."""
+        return np.abs(boxes_xyxy[:, None, :] - priors_xyxy[None, :, :]).max(axis=2).min(axis=1)
+
+    worst = distance_to_nearest_prior(prior_boxes_xyxy(stored)).max()
+    assert worst < 1e-4, f"a detection lies {worst:.4f} from every stored prior: test.py used other priors"
+    assert distance_to_nearest_prior(prior_boxes_xyxy(refit)).max() > 1e-2  # (and the refit would show)
+
+    # demo.py and tools/export.py load through load_detector: the same rule.
+    from ssd.modeling.model_zoo import load_detector
+    from ssd.structures.boxes import cxcywh_to_xyxy
+
+    loaded = load_detector(ckpt, config)
+    loaded_xyxy = cxcywh_to_xyxy(loaded.model.priors_cxcywh.double()).clamp(0.0, 1.0).numpy()  # (P, 4)
+    np.testing.assert_allclose(loaded_xyxy, prior_boxes_xyxy(stored), atol=1e-6)
