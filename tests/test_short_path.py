@@ -3,6 +3,7 @@ a validation split, counts epochs -> test.py evaluates with the priors the model
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -150,3 +151,93 @@ def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
     loaded = load_detector(ckpt, config)
     loaded_xyxy = cxcywh_to_xyxy(loaded.model.priors_cxcywh.double()).clamp(0.0, 1.0).numpy()  # (P, 4)
     np.testing.assert_allclose(loaded_xyxy, prior_boxes_xyxy(stored), atol=1e-6)
+
+
+# Ten 128 px images in a CSV file, for the fit-on-the-training-split test: "big" boxes everywhere, "tiny"
+# 20 px boxes only in the two images VAL_FRACTION 0.2 holds out.
+SPLIT_CONFIG = """\
+_BASE_: {base}
+MODEL:
+  NUM_CLASSES: 3
+  DEVICE: "cpu"
+  BACKBONE:
+    WIDTH_MULT: 0.25
+    PRETRAINED: False
+INPUT:
+  IMAGE_SIZE: 128
+DATASETS:
+  CLASS_NAMES: ("big", "tiny")
+DATA_LOADER:
+  NUM_WORKERS: 0
+SOLVER:
+  BATCH_SIZE: 3
+  EPOCHS: 1
+  EVAL_EPOCHS: 1
+  WARMUP_ITERS: 1
+  BEST_METRIC: "val/loss"  # validation computes the loss only (no evaluators): seconds
+  BEST_MODE: "min"
+TEST:
+  EVALUATORS: ()
+LOGGING:
+  TENSORBOARD: False
+  PROGRESS_BAR: False
+"""
+
+
+def held_out_by_the_documented_rule(file_names: list[str], fraction: float) -> set[str]:
+    """ssd/data/split.py's rule, written again: the round(fraction * n) file names of smallest SHA-1 (first
+    8 bytes, big-endian). The file name is the dataset's "file_name": for a CSV dataset, the image path."""
+    by_hash = sorted(file_names, key=lambda n: int.from_bytes(hashlib.sha1(n.encode()).digest()[:8], "big"))
+    return set(by_hash[: round(fraction * len(file_names))])
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, list[float]]]) -> None:
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    lines += [f"{name},128,128,{cls},{','.join(f'{v:g}' for v in box)}" for name, cls, box in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_priors_are_fitted_on_the_training_split_only(tmp_path):
+    """train.py with DATASETS.VAL empty holds out 20 % of the training images; the priors must be fitted on the
+    other 80 %, never on the held-out images (their boxes would leak into the recipe). The tiny boxes only in
+    the held-out images would bring the stride-8 level (+100 points for their class); and the fit must be the
+    one of a run whose training set is exactly those 80 % (the held-out images given as DATASETS.VAL)."""
+    import cv2
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [f"img{i:02d}.png" for i in range(10)]
+    rng = np.random.default_rng(0)
+    for name in names:
+        cv2.imwrite(str(images / name), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    # Which two are held out depends on the image paths, so on tmp_path; every image has the same "big" boxes,
+    # so the training boxes are the same whichever two they are.
+    held_out = held_out_by_the_documented_rule([str(images / name) for name in names], 0.2)
+    assert len(held_out) == 2
+    big = [[10, 12, 58, 60], [66, 60, 118, 112]]  # 48-52 px: three stride-16 cells, no need for stride 8
+    tiny = [[8 + 36 * k, 90, 28 + 36 * k, 110] for k in range(3)]  # 20 px: 2.5 strides of 8
+    rows = {name: [(name, "big", box) for box in big] for name in names}
+    for name in names:
+        if str(images / name) in held_out:
+            rows[name] += [(name, "tiny", box) for box in tiny]
+    write_csv(tmp_path / "all.csv", [r for name in names for r in rows[name]])
+    write_csv(tmp_path / "train.csv", [r for n in names if str(images / n) not in held_out for r in rows[n]])
+    write_csv(tmp_path / "val.csv", [r for n in names if str(images / n) in held_out for r in rows[n]])
+    config = tmp_path / "split.yaml"
+    config.write_text(SPLIT_CONFIG.format(base=REPO / "configs" / "finetune_ssdlite320.yaml"))
+
+    def train(out: Path, *opts: str) -> dict:
+        args = ["--config-file", str(config), "--skip-test", "OUTPUT_DIR", str(out), *opts]
+        assert train_cli.main(args) == 0
+        return yaml.safe_load((out / "config.yaml").read_text())
+
+    held = train(tmp_path / "held", "DATASETS.REGISTER", f"('all:csv:{tmp_path}/all.csv:{images}',)",
+                 "DATASETS.TRAIN", "('all',)")  # fmt: skip
+    assert "holding out 2 of the 10 training images" in (tmp_path / "held" / "log.txt").read_text()
+    assert held["MODEL"]["BACKBONE"]["STRIDE8_MAP"] is False  # the tiny boxes were not seen
+    assert held["SOLVER"]["MAX_ITER"] == 3  # 8 training images / 3 per iteration = 2.67 -> 3
+    given = train(tmp_path / "given", "DATASETS.REGISTER",
+                  f"('tr:csv:{tmp_path}/train.csv:{images}', 'va:csv:{tmp_path}/val.csv:{images}')",
+                  "DATASETS.TRAIN", "('tr',)", "DATASETS.VAL", "('va',)")  # fmt: skip
+    assert held["MODEL"]["PRIORS"] == given["MODEL"]["PRIORS"]
+    assert held["MODEL"]["BACKBONE"] == given["MODEL"]["BACKBONE"]
