@@ -135,6 +135,25 @@ def test_epochs_set_max_iter_and_periods():
     assert resolve_epoch_schedule(cfg, num_images=100, world_size=2).SOLVER.EVAL_PERIOD == 32
 
 
+def test_epochs_round_the_whole_run_up_not_each_epoch():
+    """The rule in SOLVER.EPOCHS's doc (defaults.py): MAX_ITER = ceil(EPOCHS * images / (BATCH_SIZE * processes)).
+    The sampler is one endless stream whose batches cross epoch ends (ssd/data/samplers.py), so the run is
+    rounded up once, over its whole length, not epoch by epoch."""
+    from ssd.solver import resolve_epoch_schedule
+
+    cfg = load_config(opts=["SOLVER.EPOCHS", "5", "SOLVER.EVAL_EPOCHS", "2", "SOLVER.BATCH_SIZE", "4",
+                            "SOLVER.LR_SCHEDULER", "cosine"])  # fmt: skip
+    resolved = resolve_epoch_schedule(cfg, num_images=13)  # 13 / 4 = 3.25 iterations per epoch
+    # 5 * 3.25 = 16.25 -> 17 (round and floor give 16; ceil(3.25) * 5 = 20); 2 * 3.25 = 6.5 -> 7.
+    assert resolved.SOLVER.MAX_ITER == 17
+    assert resolved.SOLVER.EVAL_PERIOD == 7 and resolved.SOLVER.CHECKPOINT_PERIOD == 7
+    # 3 processes of 4 images: 13 / 12 per epoch, 5 * 13 / 12 = 5.42 -> 6.
+    assert resolve_epoch_schedule(cfg, num_images=13, world_size=3).SOLVER.MAX_ITER == 6
+    # Fewer images than one batch: 5 * 3 / 4 = 3.75 -> 4 iterations; EVAL 2 * 3 / 4 = 1.5 -> 2.
+    tiny = resolve_epoch_schedule(cfg, num_images=3)
+    assert (tiny.SOLVER.MAX_ITER, tiny.SOLVER.EVAL_PERIOD) == (4, 2)
+
+
 def test_epochs_need_the_cosine_schedule():
     with pytest.raises(ConfigError, match="SOLVER.EPOCHS"):
         load_config(opts=["SOLVER.EPOCHS", "10"])  # the default multistep LR_STEPS are in iterations

@@ -1,5 +1,6 @@
 """The six lufficc/SSD configs: they load, and build the networks lufficc/SSD builds (prior counts,
-parameter counts and state-dict sizes measured on lufficc/SSD, reference sec. 2.2 and 4)."""
+parameter counts and state-dict sizes measured on lufficc/SSD, reference sec. 2.2 and 4); and every shipped
+config selects model_best.pth in the direction its metric improves."""
 
 from __future__ import annotations
 
@@ -46,4 +47,33 @@ def test_configs_keep_lufficc_values():
     assert (
         load_config(CONFIGS / "mobilenet_v3_ssd320_voc0712.yaml").MODEL.BOX_HEAD.PREDICTOR
         == "SSDLiteBoxPredictor"
+    )
+
+
+REPO = CONFIGS.parent
+SHIPPED = sorted(
+    [*CONFIGS.rglob("*.yaml"), *(REPO / "models").glob("*.yaml")], key=lambda p: str(p.relative_to(REPO))
+)
+
+
+def better_direction(metric: str) -> str:
+    """Which way BEST_METRIC improves, from its name alone: losses fall, AP / AR / mAP rise."""
+    name = metric.split("/")[-1]
+    if "loss" in name:
+        return "min"
+    if name.startswith(("AP", "AR", "mAP")):
+        return "max"
+    raise AssertionError(f"no known direction for SOLVER.BEST_METRIC {metric!r}; add it to this test")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_best_mode_follows_the_direction_of_the_best_metric(path):
+    """A wrong BEST_MODE keeps the worst checkpoint as model_best.pth and stops early on improvement, and
+    nothing else fails (the run still trains). The merged config counts, so a file inheriting its
+    BEST_METRIC from a _BASE_ is checked too; the defaults are "val/loss" with "min"."""
+    cfg = load_config(path)
+    if not cfg.SOLVER.BEST_METRIC:
+        pytest.skip(f"{path.name} selects no best checkpoint")
+    assert cfg.SOLVER.BEST_MODE == better_direction(cfg.SOLVER.BEST_METRIC), (
+        f"{path}: SOLVER.BEST_METRIC {cfg.SOLVER.BEST_METRIC!r} with BEST_MODE {cfg.SOLVER.BEST_MODE!r}"
     )

@@ -3,11 +3,14 @@ a validation split, counts epochs -> test.py evaluates with the priors the model
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +87,157 @@ def test_user_config_trains_validates_on_held_out_images_and_tests(tmp_path):
     at_end = json.loads((out / "inference" / "sp_test" / "results.json").read_text())
     assert results["sp_test"]["bbox"]["AP50"] == pytest.approx(at_end["bbox"]["AP50"], abs=1e-6)
     assert results["sp_test"]["voc"]["mAP50_07"] == pytest.approx(at_end["voc"]["mAP50_07"], abs=1e-6)
+
+
+def prior_boxes_xyxy(cfg) -> np.ndarray:
+    """(P, 4) the priors of a concrete config as the detections of zero offsets show them: xyxy in 0..1,
+    clipped to the image (postprocess.py clips decoded boxes)."""
+    from ssd.modeling.priors import make_priors
+    from ssd.structures.boxes import cxcywh_to_xyxy
+
+    p = cfg.MODEL.PRIORS
+    priors = make_priors(
+        cfg.INPUT.IMAGE_SIZE, p.FEATURE_MAPS, p.STRIDES, p.MIN_SIZES, p.MAX_SIZES, p.ASPECT_RATIOS, p.CLIP
+    )  # (P, 4) cxcywh
+    return cxcywh_to_xyxy(priors.double()).clamp(0.0, 1.0).numpy()
+
+
+def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
+    """An AUTO config at test time: the checkpoint's stored priors are the ones the weights learnt with. A
+    refit from DATASETS.TRAIN gives the same priors only while the data and the fit stay the same, so here the
+    stored sizes are 1.25x the refit's (same boxes per location: the weights load either way). All weights are
+    zero, so every detection is a prior itself (zero offsets decode to the prior, every class scores 1/4)."""
+    from ssd.config import load_config
+    from ssd.data.build import build_fit_dataset
+    from ssd.engine.checkpoint import Checkpointer
+    from ssd.modeling import build_detection_model
+    from ssd.modeling.prior_fitting import resolve_auto_settings
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(USER_CONFIG.format(base=REPO / "configs" / "finetune_ssdlite320.yaml"))
+    user = load_config(config)
+    assert user.MODEL.PRIORS.AUTO
+    refit = resolve_auto_settings(user, build_fit_dataset(user))
+    stored = refit.clone()
+    stored.defrost()
+    stored.MODEL.PRIORS.MIN_SIZES = [round(1.25 * m, 1) for m in refit.MODEL.PRIORS.MIN_SIZES]
+    stored.MODEL.PRIORS.MAX_SIZES = [round(1.25 * m, 1) for m in refit.MODEL.PRIORS.MAX_SIZES]
+    model = build_detection_model(stored)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    ckpt = Checkpointer(model, tmp_path / "run", config_yaml=stored.dump()).save("model_final", iteration=0)
+
+    test_cli.main(["--config-file", str(config), "--ckpt", str(ckpt), "--output-dir", str(tmp_path / "t")])
+    detections = json.loads(
+        (tmp_path / "t" / "inference" / "sp_test" / "coco_instances_results.json").read_text()
+    )
+    assert detections and np.allclose([d["score"] for d in detections], 0.25)
+    xywh = np.array([d["bbox"] for d in detections]) / 128.0  # (K, 4), the 128 px test images
+    boxes_xyxy = np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), axis=1)  # (K, 4) in 0..1
+
+    def distance_to_nearest_prior(priors_xyxy: np.ndarray) -> np.ndarray:
+        """(K,) largest coordinate difference from each detection to its closest prior."""
+        return np.abs(boxes_xyxy[:, None, :] - priors_xyxy[None, :, :]).max(axis=2).min(axis=1)
+
+    worst = distance_to_nearest_prior(prior_boxes_xyxy(stored)).max()
+    assert worst < 1e-4, f"a detection lies {worst:.4f} from every stored prior: test.py used other priors"
+    assert distance_to_nearest_prior(prior_boxes_xyxy(refit)).max() > 1e-2  # (and the refit would show)
+
+    # demo.py and tools/export.py load through load_detector: the same rule.
+    from ssd.modeling.model_zoo import load_detector
+    from ssd.structures.boxes import cxcywh_to_xyxy
+
+    loaded = load_detector(ckpt, config)
+    loaded_xyxy = cxcywh_to_xyxy(loaded.model.priors_cxcywh.double()).clamp(0.0, 1.0).numpy()  # (P, 4)
+    np.testing.assert_allclose(loaded_xyxy, prior_boxes_xyxy(stored), atol=1e-6)
+
+
+# Ten 128 px images in a CSV file, for the fit-on-the-training-split test: "big" boxes everywhere, "tiny"
+# 20 px boxes only in the two images VAL_FRACTION 0.2 holds out.
+SPLIT_CONFIG = """\
+_BASE_: {base}
+MODEL:
+  NUM_CLASSES: 3
+  DEVICE: "cpu"
+  BACKBONE:
+    WIDTH_MULT: 0.25
+    PRETRAINED: False
+INPUT:
+  IMAGE_SIZE: 128
+DATASETS:
+  CLASS_NAMES: ("big", "tiny")
+DATA_LOADER:
+  NUM_WORKERS: 0
+SOLVER:
+  BATCH_SIZE: 3
+  EPOCHS: 1
+  EVAL_EPOCHS: 1
+  WARMUP_ITERS: 1
+  BEST_METRIC: "val/loss"  # validation computes the loss only (no evaluators): seconds
+  BEST_MODE: "min"
+TEST:
+  EVALUATORS: ()
+LOGGING:
+  TENSORBOARD: False
+  PROGRESS_BAR: False
+"""
+
+
+def held_out_by_the_documented_rule(file_names: list[str], fraction: float) -> set[str]:
+    """ssd/data/split.py's rule, written again: the round(fraction * n) file names of smallest SHA-1 (first
+    8 bytes, big-endian). The file name is the dataset's "file_name": for a CSV dataset, the image path."""
+    by_hash = sorted(file_names, key=lambda n: int.from_bytes(hashlib.sha1(n.encode()).digest()[:8], "big"))
+    return set(by_hash[: round(fraction * len(file_names))])
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, list[float]]]) -> None:
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    lines += [f"{name},128,128,{cls},{','.join(f'{v:g}' for v in box)}" for name, cls, box in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_priors_are_fitted_on_the_training_split_only(tmp_path):
+    """train.py with DATASETS.VAL empty holds out 20 % of the training images; the priors must be fitted on the
+    other 80 %, never on the held-out images (their boxes would leak into the recipe). The tiny boxes only in
+    the held-out images would bring the stride-8 level (+100 points for their class); and the fit must be the
+    one of a run whose training set is exactly those 80 % (the held-out images given as DATASETS.VAL)."""
+    import cv2
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [f"img{i:02d}.png" for i in range(10)]
+    rng = np.random.default_rng(0)
+    for name in names:
+        cv2.imwrite(str(images / name), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    # Which two are held out depends on the image paths, so on tmp_path; every image has the same "big" boxes,
+    # so the training boxes are the same whichever two they are.
+    held_out = held_out_by_the_documented_rule([str(images / name) for name in names], 0.2)
+    assert len(held_out) == 2
+    big = [[10, 12, 58, 60], [66, 60, 118, 112]]  # 48-52 px: three stride-16 cells, no need for stride 8
+    tiny = [[8 + 36 * k, 90, 28 + 36 * k, 110] for k in range(3)]  # 20 px: 2.5 strides of 8
+    rows = {name: [(name, "big", box) for box in big] for name in names}
+    for name in names:
+        if str(images / name) in held_out:
+            rows[name] += [(name, "tiny", box) for box in tiny]
+    write_csv(tmp_path / "all.csv", [r for name in names for r in rows[name]])
+    write_csv(tmp_path / "train.csv", [r for n in names if str(images / n) not in held_out for r in rows[n]])
+    write_csv(tmp_path / "val.csv", [r for n in names if str(images / n) in held_out for r in rows[n]])
+    config = tmp_path / "split.yaml"
+    config.write_text(SPLIT_CONFIG.format(base=REPO / "configs" / "finetune_ssdlite320.yaml"))
+
+    def train(out: Path, *opts: str) -> dict:
+        args = ["--config-file", str(config), "--skip-test", "OUTPUT_DIR", str(out), *opts]
+        assert train_cli.main(args) == 0
+        return yaml.safe_load((out / "config.yaml").read_text())
+
+    held = train(tmp_path / "held", "DATASETS.REGISTER", f"('all:csv:{tmp_path}/all.csv:{images}',)",
+                 "DATASETS.TRAIN", "('all',)")  # fmt: skip
+    assert "holding out 2 of the 10 training images" in (tmp_path / "held" / "log.txt").read_text()
+    assert held["MODEL"]["BACKBONE"]["STRIDE8_MAP"] is False  # the tiny boxes were not seen
+    assert held["SOLVER"]["MAX_ITER"] == 3  # 8 training images / 3 per iteration = 2.67 -> 3
+    given = train(tmp_path / "given", "DATASETS.REGISTER",
+                  f"('tr:csv:{tmp_path}/train.csv:{images}', 'va:csv:{tmp_path}/val.csv:{images}')",
+                  "DATASETS.TRAIN", "('tr',)", "DATASETS.VAL", "('va',)")  # fmt: skip
+    assert held["MODEL"]["PRIORS"] == given["MODEL"]["PRIORS"]
+    assert held["MODEL"]["BACKBONE"] == given["MODEL"]["BACKBONE"]
