@@ -84,8 +84,9 @@ def box_sizes(images, class_names, image_size: int) -> dict:
     return table
 
 
-def measure(data_root_opts: list[str]) -> dict:
-    recipe = load_config(str(REPO / RECIPE), data_root_opts)
+def measure(recipe_opts: list[str]) -> dict:
+    """The `boxes` and `priors` parts of the results file; `recipe_opts`: KEY VALUE overrides of the recipe."""
+    recipe = load_config(str(REPO / RECIPE), recipe_opts)
     dataset = build_fit_dataset(recipe)
     images = dataset_boxes(dataset)
     class_names = ["__background__", *recipe.DATASETS.CLASS_NAMES]
