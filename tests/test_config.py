@@ -59,6 +59,39 @@ def test_config_reference_is_generated_and_current():
     assert result.returncode == 0, result.stderr
 
 
+def load_config_docs_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "gen_config_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_config_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_reference_gives_only_restated_defaults_and_paper_sections():
+    """A comment may restate its key's default and cite a paper section; a measured number fails the check."""
+    from pathlib import Path
+
+    import doc_numbers
+
+    tool = load_config_docs_tool()
+    rows = [
+        ("A.IOU", "0.5", "IoU above which a prior matches (sec. 2.2: overlap > 0.5); 0.25 is too low."),
+        ("A.FAST", "True", "NHWC: measured 1.7x faster, 3.1 ms per step (sec. 3)."),
+    ]
+    assert tool.given_numbers(rows) == ["0.5", "2.2", "3"]  # not 0.25 (no key's default), 1.7, 3.1
+    problems = doc_numbers.check_page("\n".join(tool.table(rows)), "config.md", Path("."), None)
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "0.25 is not in any results file nor given",
+        "1.7 is not in any results file nor given",
+        "3.1 is not in any results file nor given",
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    assert doc_numbers.check_page(tool.render(), "docs/config.md", repo, None) == []  # the page as generated
+
+
 # ----- _BASE_ inheritance --------------------------------------------------------------------------------
 
 

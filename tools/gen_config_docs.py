@@ -5,6 +5,12 @@
 
 A key's documentation is the block of `#` comments directly above its `_C.KEY = value` line; the default
 shown is the value the live config holds, so the table and the code agree by construction.
+
+Numbers in the comments follow the published-numbers rule of docs/ (tests/doc_numbers.py): a comment may
+restate its key's default ("0.5") and cite a paper section ("sec. 2.2"); each table carries a
+`<!-- numbers: given ... -->` marker listing exactly those. Any other decimal or number with a unit (a
+measured speed-up, a timing) has nothing behind it here, so the docs' number check fails on it: state such a
+number in a page backed by a results file and point to it from the comment.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from ssd.config.defaults import _C  # noqa: E402
 DEFAULTS_FILE = REPO_ROOT / "ssd" / "config" / "defaults.py"
 DOC_FILE = REPO_ROOT / "docs" / "config.md"
 ASSIGNMENT = re.compile(r"^_C\.([A-Z0-9_.]+)\s*=\s*(.+)$")
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]\d)")  # 0.5, 1.0; not 1e-3 (no decimal point)
+SECTION = re.compile(r"\bsec\.\s*(\d+(?:\.\d+)*)")  # "sec. 2.2": a paper section, not a measurement
 
 
 def parse_key_docs(source: str) -> list[tuple[str, str]]:
@@ -50,6 +58,31 @@ def default_of(key: str) -> str:
     return repr(node) if isinstance(node, str) else str(node)
 
 
+def given_numbers(rows: list[tuple[str, str, str]]) -> list[str]:
+    """The numbers a table's comments may state unbacked: each key's own default restated in its comment
+    (decimals of the default that also occur in the comment) and paper section numbers.
+
+    Args:
+        rows: (key, default as shown, comment) of one table.
+    """
+    given = set()
+    for _, default, doc in rows:
+        given |= set(DECIMAL.findall(default)) & set(DECIMAL.findall(doc))
+        given |= set(SECTION.findall(doc))
+    return sorted(given, key=lambda token: tuple(float(part) for part in token.split(".")))
+
+
+def table(rows: list[tuple[str, str, str]]) -> list[str]:
+    """One section's table, with its numbers marker when a comment states a given number."""
+    given = given_numbers(rows)
+    lines = [f"<!-- numbers: given {' '.join(given)} -->"] if given else []
+    lines += ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, doc in rows:
+        cell = doc.replace("|", "\\|")
+        lines.append(f"| `{key}` | `{default}` | {cell} |")
+    return lines
+
+
 def render() -> str:
     lines = [
         "# Config reference",
@@ -61,16 +94,14 @@ def render() -> str:
         "<!-- doc-test-none: a generated reference table, no commands (see tests/test_docs.py) -->",
         "",
     ]
-    section = None
+    sections: dict[str, list[tuple[str, str, str]]] = {}  # section -> rows, in file order
     for key, doc in parse_key_docs(DEFAULTS_FILE.read_text()):
-        top = key.split(".")[0] if "." in key else "top-level"
-        if top != section:
-            section = top
-            lines += ["", f"## {section}", "", "| key | default | meaning |", "|---|---|---|"]
         if not doc:
             raise SystemExit(f"{DEFAULTS_FILE}: key {key} has no comment; document it")
-        cell = doc.replace("|", "\\|")
-        lines.append(f"| `{key}` | `{default_of(key)}` | {cell} |")
+        top = key.split(".")[0] if "." in key else "top-level"
+        sections.setdefault(top, []).append((key, default_of(key), doc))
+    for section, rows in sections.items():
+        lines += ["", f"## {section}", "", *table(rows)]
     return "\n".join(lines) + "\n"
 
 

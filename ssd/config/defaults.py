@@ -189,9 +189,8 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # (new) Mixed precision (torch.autocast + GradScaler) when training on CUDA; ignored on CPU.
 _C.SOLVER.AMP = True
 # (new) Train with channels-last (NHWC) weights and images. Faster on CUDA with AMP (tensor-core kernels
-# take NHWC) and on CPU with oneDNN: measured 0.6x the step time of NCHW for MobileNetV3 and 0.95x for
-# VGG300 on the 2-core CPU (benchmarks/train_step.py, BENCHMARKS.md). Results are the same within float
-# rounding; checkpoints are saved in the usual NCHW layout.
+# take NHWC) and on CPU with oneDNN; benchmarks/train_step.py times both layouts on your machine ("ours" and
+# "ours NCHW"). Results are the same within float rounding; checkpoints are saved in the usual NCHW layout.
 _C.SOLVER.CHANNELS_LAST = True
 # (new) Save a checkpoint every this many iterations (lufficc: --save_step). unit: iterations.
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
