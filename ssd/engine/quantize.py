@@ -57,14 +57,20 @@ class _BatchReader:
 
     def __init__(self, batches: Iterable[np.ndarray]):
         self._batches: Iterator[np.ndarray] = iter(batches)
-        self.images_seen = 0
+        self._distinct: set[int] = (
+            set()
+        )  # hashes of the images: a calibration set of one image repeated is one
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         if batch is None:
             return None
-        self.images_seen += len(batch)
+        self._distinct.update(hash(image.tobytes()) for image in batch)
         return {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+
+    @property
+    def distinct_images(self) -> int:
+        return len(self._distinct)
 
 
 def quantize_int8(
@@ -85,7 +91,7 @@ def quantize_int8(
 
     Returns:
         {"convs": number of Conv nodes, "excluded": names of the nodes left in float32,
-        "calibration_images": how many images the calibration ran}.
+        "calibration_images": how many distinct images the calibration ran}.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -118,4 +124,4 @@ def quantize_int8(
             per_channel=True,
             nodes_to_exclude=excluded,
         )
-    return {"convs": convs, "excluded": excluded, "calibration_images": reader.images_seen}
+    return {"convs": convs, "excluded": excluded, "calibration_images": reader.distinct_images}
