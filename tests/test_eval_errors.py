@@ -91,6 +91,29 @@ def test_duplicate_between_two_true_positives():
     assert summary["AP"]["a"] == pytest.approx(100 * 253 / 303)
     assert summary["dAP"]["duplicate"]["all"] == pytest.approx(100 * 50 / 303)
     assert summary["dAP"]["background"]["all"] == 0.0
+    _, voc_labels = breakdown(
+        [gt([A, B], [1, 1])], [pred([A, NEAR_A, B], [1, 1, 1], [0.9, 0.8, 0.7])], rules="voc"
+    )
+    assert voc_labels[0]["kind"].tolist() == ["tp", "duplicate", "tp"]
+
+
+def test_a_taken_box_at_exactly_the_foreground_iou_gives_localisation():
+    # TIDE tests t_b <= IoU <= t_f for localisation (both ends included) before duplicate (IoU >= t_f): a second
+    # a at IoU 0.5 with A, already taken, is a localisation error; at 0.818 a duplicate.
+    _, labels = breakdown([gt([A], [1])], [pred([A, [0, 0, 10, 5], NEAR_A], [1, 1, 1], [0.9, 0.8, 0.7])])
+    assert labels[0]["kind"].tolist() == ["tp", "localisation", "duplicate"]
+    assert labels[0]["iou"][1] == 0.5
+
+
+def test_voc_rules_match_the_best_box_even_when_taken():
+    # B2 overlaps B (IoU 0.818). a on B .9 takes B; an a at IoU 0.923 with B and 0.887 with B2 at .8 has B as its
+    # best box: the VOC rule makes it a FP (duplicate) although B2 is free; TIDE's matching takes B2: TP.
+    truth = [gt([B, [51, 50, 61, 60]], [1, 1])]
+    dets = [pred([B, [50.4, 50, 60.4, 60]], [1, 1], [0.9, 0.8])]
+    _, tide = breakdown(truth, dets)
+    _, voc = breakdown(truth, dets, rules="voc")
+    assert tide[0]["kind"].tolist() == ["tp", "tp"] and tide[0]["iou"][1] == pytest.approx(94 / 106)
+    assert voc[0]["kind"].tolist() == ["tp", "duplicate"] and voc[0]["iou"][1] == pytest.approx(96 / 104)
 
 
 def test_mislabelled_box_is_a_classification_error_and_not_a_miss():

@@ -120,6 +120,8 @@ HAND_MADE = {  # name: (ground truth per image, detections per image)
         [gt([A, LEFT_OF_NEAR_A], [2, 1])],
         [pred([NEAR_A, B], [1, 3], [0.9, 0.8])],
     ),
+    # IoU exactly t_f with a taken box of its class: localisation (TIDE tests IoU <= t_f), not duplicate.
+    "taken box at the foreground IoU": ([gt([A], [1])], [pred([A, [0, 0, 10, 5]], [1, 1], [0.9, 0.8])]),
     # 4 boxes, ranking TP, FP, TP, FP, 2 missed: the missed fix takes the 2 boxes out of the ground truth.
     "missed fix": (
         [gt([A, B, C, D], [1, 1, 1, 1])],
