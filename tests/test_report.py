@@ -76,7 +76,9 @@ def test_test_py_writes_the_report_and_the_breakdown(evaluated):
     # The breakdown's AP is TIDE's: COCO's 101-point AP at IoU 0.5, so pycocotools' AP50 on the same detections.
     assert summary["rules"] == "tide" and summary["mAP"] == pytest.approx(results["bbox"]["AP50"], abs=1e-6)
     page = (evaluated / "report.html").read_text()
-    assert "Rules: The definitions of TIDE (Bolya et al." in page and "rules=tide" in page  # the report says so
+    assert (
+        "Rules: The definitions of TIDE (Bolya et al." in page and "rules=tide" in page
+    )  # the report says so
     expected = expected_gallery(evaluated)
     kinds_seen = {e for e, per_class in expected.items() if sum(per_class.values())}
     assert {"localisation", "missed"} <= kinds_seen, f"the shapes run should show errors; got {kinds_seen}"
