@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = {
         "command": "python "
-        + " ".join(["tools/compare_tide.py", *(argv if argv is not None else sys.argv[1:])]),
+        + shlex.join(["tools/compare_tide.py", *(argv if argv is not None else sys.argv[1:])]),
         "detections_command": args.detections_command,
         "machine": machine(),
         "dataset": args.dataset,
