@@ -213,12 +213,31 @@ def shapes_run(tmp_path_factory):
     empty = pred([], [], [])
     gts = [load_ground_truth(dataset, i) for i in range(len(dataset))]
     preds = [detections.get(i, empty) for i in range(len(dataset))]
-    return gts, preds, json.loads((folder / "errors.json").read_text())
+    return gts, preds, json.loads((folder / "errors.json").read_text()), folder, opts
 
 
 def test_shapes_model_report_agrees_with_tidecv(shapes_run):
-    gts, preds, summary = shapes_run
+    gts, preds, summary, _, _ = shapes_run
     assert summary["rules"] == "tide"
     reference = assert_same_as_tidecv(summary, gts, preds)  # the numbers test.py wrote into errors.json
     seen = {e for e, n in reference["counts"].items() if n}
     assert seen == set(ERROR_TYPES), f"every error type should occur in the shapes run; got {seen}"
+
+
+def test_compare_tool_writes_both_breakdowns(shapes_run, tmp_path):
+    # tools/compare_tide.py (the BCCD table in docs/custom_dataset.md) on the shapes detections: its "tidecv"
+    # side is tidecv's and its "report" side ours, equal to the printed digit.
+    gts, preds, _, folder, opts = shapes_run
+    spec = importlib.util.spec_from_file_location("compare_tide", REPO_ROOT / "tools" / "compare_tide.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    results = tmp_path / "tide.json"
+    out = tool.main(
+        ["--config-file", str(REPO_ROOT / "models" / "shapes_ssdlite.yaml"), "--dataset", "parity_shapes",
+         "--results", str(results), str(folder / "coco_instances_results.json"), *opts]
+    )  # fmt: skip
+    assert json.loads(results.read_text()) == out and {"command", "machine"} <= set(out)
+    reference = run_tidecv(gts, preds)
+    assert out["tidecv"]["counts"] == reference["counts"]
+    assert out["tidecv"]["dAP"] == {e: round(v, 2) for e, v in reference["dAP"].items()}
+    assert out["report"] == out["tidecv"]
