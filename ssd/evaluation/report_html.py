@@ -155,7 +155,7 @@ def errors_section(summary: Mapping, class_names) -> str:
         )
     else:
         rules = "TIDE's error types and fixes on the VOC devkit's matching and AP (the VOC evaluator's mAP)"
-    ap = f"AP{100 * summary['fg_iou']:.0f}, {esc(summary['ap_metric'])}"
+    ap = f"AP{100 * summary['fg_iou']:.0f} ({esc(summary['ap_metric'])} AP)"
     return (
         "<section id=errors><h2>Error breakdown</h2>"
         f"<p class=rules>Rules: {rules}; IoU thresholds {summary['fg_iou']} (foreground) and "
@@ -163,7 +163,7 @@ def errors_section(summary: Mapping, class_names) -> str:
         "<p>Each detection that is not a true positive has one type, tested in TIDE's order "
         "(localisation, classification, duplicate, background, both); each object nobody found is missed:</p>"
         f"<ul class=legend>{legend}</ul>"
-        f"<h3>dAP: {ap} points gained if every error of a type were fixed (all detections)</h3>"
+        f"<h3>dAP: the {ap} points gained if every error of a type were fixed (all detections)</h3>"
         f"<div class=bars>{''.join(bar(e, dap[e]['all']) for e in ERROR_TYPES)}</div>"
         f"<p>Special errors (they overlap the six above):</p><ul class=legend>{special}</ul>"
         f"<div class=bars>{''.join(bar(e, dap[e]['all']) for e in SPECIAL_ERROR_TYPES)}</div>"
