@@ -1,8 +1,8 @@
 """The oracle of the error breakdown: per-class AP with one error type fixed (rules in `ssd.evaluation.errors`).
 
     labels = [label_image_errors(gt, pred) for ...]              # ssd.evaluation.errors
-    base = oracle_aps(gts, preds, labels, C, None, "COCO 101-point")         # (C,) AP 0-1, NaN: no AP
-    fixed = oracle_aps(gts, preds, labels, C, "localisation", "COCO 101-point")
+    base = oracle_aps(gts, preds, labels, C, fix=None, rules="tide")        # (C,) AP 0-1, NaN: no AP
+    fixed = oracle_aps(gts, preds, labels, C, fix="localisation", rules="tide")
 
 Every detection is first laid out in TIDE's order: image by image, and inside an image by descending score
 (ties keep their input order). A fix changes which detections enter a class's ranking, their class, TP flag or
@@ -17,7 +17,7 @@ import numpy as np
 
 from ssd.evaluation.voc import average_precision, precision_recall
 
-AP_METRICS = {"tide": "COCO 101-point", "voc": "VOC2010+ area"}
+AP_METRICS = {"tide": "COCO 101-point", "voc": "VOC2010+ area"}  # the AP of each set of rules
 RECALL_POINTS = np.arange(101) / 100  # 0, 0.01, ..., 1 as TIDE writes them (x / 100, not np.linspace)
 
 
@@ -74,7 +74,7 @@ def oracle_aps(
     labels: Sequence[Mapping],
     num_classes: int,
     fix: str | None,
-    metric: str,
+    rules: str = "tide",
 ) -> np.ndarray:
     """(C,) AP 0-1 per class after fixing every error of type `fix` (None: as detected); NaN: no AP.
 
@@ -83,8 +83,8 @@ def oracle_aps(
         labels: per image, `label_image_errors(gt, pred)` of every detection in `preds`.
         num_classes: C, background included.
         fix: None, an ERROR_TYPES name or a SPECIAL_ERROR_TYPES name of `ssd.evaluation.errors`.
-        metric: "COCO 101-point" (rules "tide": a class has an AP when it has boxes or detections) or
-            "VOC2010+ area" (rules "voc": when it has non-difficult boxes).
+        rules: "tide" (COCO 101-point AP; a class has an AP when it has boxes or detections) or "voc" (VOC2010+
+            area AP; a class has an AP when it has non-difficult boxes).
     """
     d = _layout(preds, labels, gts)
     label, score, kind = d["label"].copy(), d["score"].copy(), d["kind"]
@@ -112,13 +112,13 @@ def oracle_aps(
         score = np.where(kind == "tp", 1.0, 0.0)
     elif fix not in (None, "missed", "false_negative"):
         raise ValueError(f"unknown error type {fix!r}")
-    if metric not in AP_METRICS.values():
-        raise ValueError(f"unknown AP metric {metric!r}; choose from {tuple(AP_METRICS.values())}")
+    if rules not in AP_METRICS:
+        raise ValueError(f"unknown error rules {rules!r}; choose from {tuple(AP_METRICS)}")
 
     aps = np.full(num_classes, np.nan)
     for c in range(1, num_classes):
         ranked = np.flatnonzero(keep & (label == c))  # (Dc,) in TIDE's order
-        if metric == AP_METRICS["voc"]:
+        if rules == "voc":
             if positives[c] == 0:
                 continue
             ap = voc_area_ap

@@ -254,11 +254,11 @@ def error_breakdown(
     all_labels = [
         label_image_errors(g, p, fg_iou, bg_iou, rules, pixel_offset) for g, p in zip(gts, preds, strict=True)
     ]
-    base = oracle_aps(gts, preds, all_labels, num_classes, None, AP_METRICS[rules])  # (C,)
+    base = oracle_aps(gts, preds, all_labels, num_classes, None, rules)  # (C,)
     base_map = _nanmean(base)
     dap = {}
     for error in (*ERROR_TYPES, *SPECIAL_ERROR_TYPES):
-        fixed = oracle_aps(gts, preds, all_labels, num_classes, error, AP_METRICS[rules])  # (C,)
+        fixed = oracle_aps(gts, preds, all_labels, num_classes, error, rules)  # (C,)
         delta = 100.0 * (fixed - base)  # (C,) NaN where either is NaN
         fixed_map = _nanmean(fixed)
         total = None if base_map is None or fixed_map is None else 100.0 * (fixed_map - base_map)
