@@ -19,7 +19,7 @@ from ssd.evaluation.errors import ERROR_TYPES, SIZE_LIMITS, SIZE_NAMES, SPECIAL_
 ERROR_HELP = {
     "classification": "on an object of another class (IoU ≥ 0.5)",
     "localisation": "right class, box off (0.1 ≤ IoU ≤ 0.5 with an object of its class)",
-    "both": "none of the others: near an object of another class, box off",
+    "both": "wrong class and box off (0.1 < IoU < 0.5 with another class, < 0.1 with its own)",
     "duplicate": "second detection of an object already found",
     "background": "on nothing (IoU ≤ 0.1 with every object)",
     "missed": "objects no detection found (largest first)",
