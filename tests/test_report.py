@@ -73,8 +73,12 @@ def test_test_py_writes_the_report_and_the_breakdown(evaluated):
     assert (evaluated / "report.html").is_file()
     summary = json.loads((evaluated / "errors.json").read_text())
     results = json.loads((evaluated / "results.json").read_text())
-    # The breakdown's AP is the VOC2010+ area AP on continuous pixels, as the VOC evaluator's mAP50_area here.
-    assert summary["mAP50"] == pytest.approx(results["voc"]["mAP50_area"], abs=1e-6)
+    # The breakdown's AP is TIDE's: COCO's 101-point AP at IoU 0.5, so pycocotools' AP50 on the same detections.
+    assert summary["rules"] == "tide" and summary["mAP"] == pytest.approx(results["bbox"]["AP50"], abs=1e-6)
+    page = (evaluated / "report.html").read_text()
+    assert (
+        "Rules: The definitions of TIDE (Bolya et al." in page and "rules=tide" in page
+    )  # the report says so
     expected = expected_gallery(evaluated)
     kinds_seen = {e for e, per_class in expected.items() if sum(per_class.values())}
     assert {"localisation", "missed"} <= kinds_seen, f"the shapes run should show errors; got {kinds_seen}"
@@ -189,6 +193,7 @@ def test_report_without_detections_and_with_odd_class_names():
     page, info = build_report(dataset, {}, {}, "empty & odd", 0.5)
     assert info["gallery"] == {"classification": 0, "localisation": 0, "both": 0, "duplicate": 0,
                                "background": 0, "missed": 1}  # fmt: skip
-    assert info["summary"]["mAP50"] == 0.0 and info["summary"]["dAP"]["missed"]["all"] == 100.0
+    # Fixing the only miss leaves no class with boxes or detections: no mAP to compare (TIDE divides by zero).
+    assert info["summary"]["mAP"] == 0.0 and info["summary"]["dAP"]["missed"]["all"] is None
     assert "<b>cell</b>" not in page and "&lt;b&gt;cell&lt;/b&gt;" in page and "empty &amp; odd" in page
     assert "value='it&#x27;s'" in page and "value='it's'" not in page  # quotes in attributes escaped

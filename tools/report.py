@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-threshold", type=float, help="default: TEST.ANALYSIS_SCORE_THRESHOLD")
     parser.add_argument("--category-offset", type=int, default=0, help="added to every category_id")
     parser.add_argument("--per-class", type=int, default=8, help="gallery entries per error type and class")
+    parser.add_argument(
+        "--error-rules",
+        choices=("tide", "voc"),
+        default="tide",
+        help="error breakdown: TIDE's definitions, or TIDE's types on the VOC matching and AP (ssd/evaluation/errors.py)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -66,7 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
             results = json.loads(beside.read_text())
         try:
             info = write_report(
-                output_dir, dataset, args.dataset, threshold, results, predictions, args.per_class
+                output_dir,
+                dataset,
+                args.dataset,
+                threshold,
+                results,
+                predictions,
+                args.per_class,
+                args.error_rules,
             )
         except (ValueError, FileNotFoundError) as error:
             raise SystemExit(f"report.py: {args.predictions}: {error}") from None

@@ -1,31 +1,55 @@
-"""Why detections fail: every false positive gets one error type, every box nobody found is "missed", and each
-type gets the AP it would add if it were fixed (the idea of the TIDE toolbox, Bolya et al., ECCV 2020, and of
-the COCO `analyze()` plots; the rules below are ours and stated in full).
+"""Why detections fail, with TIDE's definitions (Bolya et al., "TIDE: A General Toolbox for Identifying Object
+Detection Errors", ECCV 2020; the authors' package `tidecv`). Every detection that is not a true positive gets
+one error type, every object nobody found is "missed", and each type gets dAP: the AP the detector would gain
+if every error of that type were fixed. tests/test_tide_parity.py runs `tidecv` on the same detections.
 
-Matching is the VOC rule of `ssd.evaluation.voc` at IoU >= `fg_iou` (0.5): image by image, detections in
-descending score; a detection's *best box* is the ground-truth box of its class with the highest IoU. If that
-IoU >= fg_iou, the detection is a TP when the box is still free, *ignored* when the box is difficult, and
-otherwise a **duplicate** (a higher-scoring detection already took the box). Any other detection is a false
-positive explained by its overlaps with the non-difficult boxes of the image, the mildest explanation first:
+Rules (`rules="tide"`, the default), image by image:
 
-    classification  IoU >= fg_iou with a box of another class           (right place, wrong class)
-    localisation    bg_iou <= IoU < fg_iou with a box of its own class   (right class, poor box)
-    both            bg_iou <= IoU < fg_iou with a box of another class
-    background      IoU < bg_iou (0.1) with every box
+1. Detections in descending score (ties keep their input order); only the 100 best of an image count (TIDE's and
+   COCO's max_dets). Difficult boxes are TIDE's *ignore regions* (COCO's crowd boxes); the others are "boxes".
+2. Matching at t_f = `fg_iou` (0.5): each detection takes the box of its class with the highest IoU among the
+   boxes not yet taken; IoU >= t_f makes it a TP. A detection that is not a TP and covers more than t_f of its
+   own area with a difficult box of its class is left out of the AP (it still gets an error type below).
+3. Every other detection is tested in this order; the first test that holds gives its type (t_b = `bg_iou`, 0.1):
 
-A non-difficult box is **missed** when no TP took it and no classification or localisation error points at it
-(those found the object, only badly). False positives count against the predicted class, misses against the
-box's class.
+       localisation    t_b <= IoU <= t_f with the best box of its class, taken boxes included
+       classification  IoU >= t_f with a box of another class
+       duplicate       IoU >= t_f with a box of its class taken by a TP (a higher-scoring detection)
+       background      IoU <= t_b with every box (always so in an image without boxes)
+       both            everything else (TIDE's catch-all "Both" / "Other")
 
-"dAP if fixed": each error type is repaired alone, over the whole dataset, and AP50 (VOC2010+ area, the
-`AP_area` of analysis.json) is computed again; dAP = fixed AP - AP, in AP points (0-100). Repairs:
+4. A box is **missed** when no TP took it and no classification or localisation error points at it while it is
+   free (those found the object, only badly).
 
-    classification  relabel to the box's class       } unless a TP or a higher-scoring repaired detection
-    localisation    move onto the box                } already has that box: then remove the detection
-    both, duplicate, background                        remove the detection
-    missed          add the box as a detection scoring above every other detection
+The oracle ("dAP if fixed"), one error type at a time over the whole dataset; dAP = max(0, fixed mAP - mAP):
 
-The types overlap (repairing two at once can add more or less than the sum), as in TIDE.
+    classification, localisation  the highest-scoring such error on a free box becomes a TP (classification:
+                                  of the box's class); every other one of the type is removed. "Highest" counts
+                                  both types: a box claimed by a classification error at .9 and a localisation
+                                  error at .8 is repaired only when classification is fixed.
+    both, duplicate, background   the detections are removed
+    missed                        the box is removed from the ground truth (fewer objects to find)
+
+and TIDE's two special errors, not clamped: **false_positive** (every TP scores 1, everything else 0: perfect
+precision at today's recall) and **false_negative** (every box no TP took is removed from the ground truth).
+
+AP: COCO's 101-point AP at t_f, as `tidecv` computes it: per class, detections ranked by score, the precision
+made monotone, read at recall 0, 0.01, ..., 1 (the first ranked detection reaching that recall; 0 beyond the
+last) and averaged; mAP is the mean over the classes that have boxes or detections (a class with detections and
+no box has AP 0). At equal scores, a repaired run ranks the untouched TPs after the other detections: `tidecv`
+builds a repaired run from its error list first and stable-sorts it, and we keep that order so ties give the
+same numbers.
+
+`rules="voc"`: the same types and oracle on top of the VOC devkit's matching and AP (`ssd.evaluation.voc`), so
+the base mAP equals the VOC evaluator's `mAP50_area`: every detection counts (no 100 limit); a detection takes
+the box of its class with the highest IoU, taken or not; if IoU >= t_f it is *ignored* when that box is
+difficult (no error type), a TP when the box is free, and not a TP otherwise; AP is the VOC2010+ area AP and
+mAP the mean over the classes with boxes.
+
+Remaining differences from `tidecv` 1.0.1, on purpose: per-class dAP (TIDE reports dAP of the mean only; ours
+is the class's AP change, clamped at 0, None where the class has no AP before or after); counts at a score
+threshold (TIDE counts every detection; we give both); `pixel_offset` (TIDE uses continuous coordinates, the
+default here). TIDE's AP over IoU 0.5:0.95 (`evaluate_range`) is not repeated: the report's COCO table has it.
 
 Object sizes follow COCO: small area < 32^2, medium 32^2 <= area < 96^2, large >= 96^2 pixels (box area in the
 original image). COCO's own ranges share their end points; here each box has exactly one size.
@@ -37,12 +61,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ssd.evaluation.voc import average_precision, box_iou_pixels, match_detections_voc, precision_recall
+from ssd.evaluation.error_oracle import AP_METRICS, oracle_aps
+from ssd.evaluation.voc import box_iou_pixels
 
 FALSE_POSITIVE_TYPES = ("classification", "localisation", "both", "duplicate", "background")
-ERROR_TYPES = (*FALSE_POSITIVE_TYPES, "missed")
+ERROR_TYPES = (*FALSE_POSITIVE_TYPES, "missed")  # TIDE's six main errors, in TIDE's order
+SPECIAL_ERROR_TYPES = ("false_positive", "false_negative")
+RULES = ("tide", "voc")
+MAX_DETECTIONS = 100  # per image, under rules="tide"
 SIZE_NAMES = ("small", "medium", "large")
 SIZE_LIMITS = (32.0**2, 96.0**2)  # COCO's area limits, pixels
+REFERENCE = "TIDE (Bolya et al., ECCV 2020), as computed by the tidecv package"
 
 
 def size_of(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -52,11 +81,54 @@ def size_of(boxes_xyxy: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.array(SIZE_LIMITS), area, side="right")  # < 32^2 -> 0, < 96^2 -> 1, else 2
 
 
+def _check_rules(rules: str) -> None:
+    if rules not in RULES:
+        raise ValueError(f"unknown error rules {rules!r}; choose from {RULES}")
+
+
+def _best(iou_row: np.ndarray, mask: np.ndarray) -> tuple[int, float]:
+    """The box with the highest IoU among `mask` (the first of equals), and that IoU; (-1, -1.0) if none."""
+    if not mask.any():
+        return -1, -1.0
+    j = int(np.where(mask, iou_row, -1.0).argmax())
+    return j, float(iou_row[j])
+
+
+def _covered_fraction(boxes_xyxy: np.ndarray, regions_xyxy: np.ndarray, pixel_offset: float) -> np.ndarray:
+    """(K, 4), (R, 4) -> (K, R): intersection / area of the detection (COCO's IoU with a crowd region)."""
+    top_left = np.maximum(boxes_xyxy[:, None, :2], regions_xyxy[None, :, :2])  # (K, R, 2)
+    bottom_right = np.minimum(boxes_xyxy[:, None, 2:], regions_xyxy[None, :, 2:])  # (K, R, 2)
+    inter_wh = np.maximum(bottom_right - top_left + pixel_offset, 0)  # (K, R, 2)
+    wh = np.maximum(boxes_xyxy[:, 2:] - boxes_xyxy[:, :2] + pixel_offset, 0)  # (K, 2)
+    area = np.maximum(wh[:, 0] * wh[:, 1], np.finfo(np.float64).tiny)  # (K,)
+    return inter_wh[..., 0] * inter_wh[..., 1] / area[:, None]
+
+
+def _error_type(
+    iou_row: np.ndarray, same: np.ndarray, real: np.ndarray, found: np.ndarray, fg_iou: float, bg_iou: float
+) -> tuple[str, int, float]:
+    """Step 3 of the module docstring for one detection: (type, box judged against or -1, IoU with it)."""
+    if not real.any():
+        return "background", -1, 0.0
+    j, v = _best(iou_row, same & real)
+    if bg_iou <= v <= fg_iou:
+        return "localisation", j, v
+    j, v = _best(iou_row, ~same & real)
+    if v >= fg_iou:
+        return "classification", j, v
+    j, v = _best(iou_row, same & real & found)
+    if v >= fg_iou:
+        return "duplicate", j, v
+    j, v = _best(iou_row, real)
+    return ("background", -1, v) if v <= bg_iou else ("both", j, v)
+
+
 def label_image_errors(
     gt: Mapping[str, np.ndarray],
     pred: Mapping[str, np.ndarray],
     fg_iou: float = 0.5,
     bg_iou: float = 0.1,
+    rules: str = "tide",
     pixel_offset: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """One image: the outcome of every detection and of every ground-truth box (rules in the module docstring).
@@ -64,123 +136,76 @@ def label_image_errors(
     Args:
         gt: {"boxes_xyxy" (G, 4), "labels" (G,), "difficult" (G,)}.
         pred: {"boxes_xyxy" (K, 4), "labels" (K,), "scores" (K,)}, any order.
-        fg_iou, bg_iou: the foreground and background IoU thresholds.
+        fg_iou, bg_iou: t_f and t_b.
+        rules: "tide" or "voc".
         pixel_offset: 0 for continuous coordinates, 1 for the VOC devkit's inclusive pixels.
 
     Returns:
-        {"kind": (K,) str, "tp", "ignored" or a FALSE_POSITIVE_TYPES name;
-         "target": (K,) int, the box each detection is judged against (-1 for background);
+        {"kind": (K,) str, "tp", a FALSE_POSITIVE_TYPES name, "ignored" (rules="voc": on a difficult box) or
+             "dropped" (rules="tide": beyond the image's 100 best);
+         "target": (K,) int, the box each detection is judged against (-1: none);
          "iou": (K,) float, IoU with that box (background: the highest IoU with any box, 0 without boxes);
+         "in_ap": (K,) bool, the detection enters the AP;
+         "repairs": (K,) bool, the classification / localisation error that becomes a TP when its type is fixed;
          "found": (G,) bool, taken by a TP; "missed": (G,) bool}.
         The arguments are not modified.
     """
+    _check_rules(rules)
     boxes, labels, scores = pred["boxes_xyxy"], pred["labels"], pred["scores"]
-    gt_boxes, gt_labels, difficult = gt["boxes_xyxy"], gt["labels"], gt["difficult"]
+    gt_boxes, gt_labels = gt["boxes_xyxy"], gt["labels"]
+    real = ~np.asarray(gt["difficult"], bool)  # (G,)
     num_dets, num_gt = len(labels), len(gt_labels)
     iou = (
         box_iou_pixels(boxes, gt_boxes, pixel_offset) if num_dets and num_gt else np.zeros((num_dets, num_gt))
     )  # (K, G)
-    same_class = labels[:, None] == gt_labels[None, :]  # (K, G)
-    kind = np.full(num_dets, "", dtype=object)
+    same = labels[:, None] == gt_labels[None, :]  # (K, G)
+    order = np.argsort(-scores, kind="stable")  # (K,) ties keep the input order
+    if rules == "tide":
+        order = order[:MAX_DETECTIONS]
+        covered = _covered_fraction(boxes, gt_boxes[~real], pixel_offset) if num_dets else None  # (K, D)
+    kind = np.full(num_dets, "dropped", dtype=object)
     target = np.full(num_dets, -1, np.int64)
     overlap = np.zeros(num_dets)
+    in_ap = np.zeros(num_dets, bool)
+    repairs = np.zeros(num_dets, bool)
     found = np.zeros(num_gt, bool)
-    explained = np.zeros(num_gt, bool)  # pointed at by a classification or localisation error
+    usable = np.zeros(num_gt, bool)  # a classification / localisation error points at this free box
 
-    def best(mask: np.ndarray, k: int) -> tuple[int, float]:
-        candidates = np.where(mask, iou[k], -1.0)  # (G,)
-        j = int(candidates.argmax()) if num_gt else -1
-        return j, (float(candidates[j]) if j >= 0 else -1.0)
-
-    for k in np.argsort(-scores, kind="stable"):  # as the VOC ranking: ties keep the input order
-        j, best_iou = best(same_class[k], k)
-        if best_iou >= fg_iou:
-            if difficult[j]:
-                kind[k] = "ignored"
-            elif found[j]:
-                kind[k] = "duplicate"
-            else:
-                kind[k], found[j] = "tp", True
-            target[k], overlap[k] = j, best_iou
-            continue
-        same_j, same_iou = best(same_class[k] & ~difficult, k)
-        other_j, other_iou = best(~same_class[k] & ~difficult, k)
-        if other_iou >= fg_iou:
-            kind[k], target[k], overlap[k] = "classification", other_j, other_iou
-            explained[other_j] = True
-        elif same_iou >= bg_iou:
-            kind[k], target[k], overlap[k] = "localisation", same_j, same_iou
-            explained[same_j] = True
-        elif other_iou >= bg_iou:
-            kind[k], target[k], overlap[k] = "both", other_j, other_iou
+    for k in order:  # step 2: matching
+        in_ap[k] = True
+        if rules == "tide":
+            j, v = _best(iou[k], same[k] & real & ~found)
+            if v < fg_iou and (covered[k] > fg_iou)[same[k][~real]].any():
+                in_ap[k] = False  # inside a difficult box of its class
         else:
-            kind[k], overlap[k] = "background", (float(iou[k].max()) if num_gt else 0.0)
+            j, v = _best(iou[k], same[k])
+            if v >= fg_iou and not real[j]:
+                kind[k], target[k], overlap[k], in_ap[k] = "ignored", j, v, False
+                continue
+            if v >= fg_iou and found[j]:
+                v = -1.0  # its box is taken: not a TP (a duplicate below)
+        if v >= fg_iou:
+            kind[k], target[k], overlap[k], found[j] = "tp", j, v, True
+        else:
+            kind[k] = ""
+
+    for k in order:  # step 3: error types, highest score first, so the first claim of a free box repairs it
+        if kind[k] != "":
+            continue
+        kind[k], target[k], overlap[k] = _error_type(iou[k], same[k], real, found, fg_iou, bg_iou)
+        j = target[k]
+        if kind[k] in ("classification", "localisation") and not found[j]:
+            repairs[k] = not usable[j]
+            usable[j] = True
     return {
         "kind": kind,
         "target": target,
         "iou": overlap,
+        "in_ap": in_ap,
+        "repairs": repairs,
         "found": found,
-        "missed": ~found & ~explained & ~difficult,
+        "missed": real & ~found & ~usable,
     }
-
-
-def class_aps(
-    gts: Sequence[Mapping],
-    preds: Sequence[Mapping],
-    num_classes: int,
-    fg_iou: float = 0.5,
-    pixel_offset: float = 0.0,
-) -> np.ndarray:
-    """(C,) VOC2010+ area AP (0-1) per class at IoU `fg_iou`; NaN for background and classes without boxes."""
-    aps = np.full(num_classes, np.nan)
-    for c, m in match_detections_voc(gts, preds, num_classes, (fg_iou,), pixel_offset).items():
-        if m["num_positives"] > 0:
-            recall, precision = precision_recall(m["tp"][0], m["fp"][0], m["num_positives"])
-            aps[c] = average_precision(recall, precision, use_07_metric=False)
-    return aps
-
-
-def fix_errors(
-    gts: Sequence[Mapping], preds: Sequence[Mapping], labels: Sequence[Mapping], error: str
-) -> list[dict[str, np.ndarray]]:
-    """New predictions with every error of one type repaired (module docstring); the inputs are not modified.
-
-    Args:
-        gts, preds: per image, as for `label_image_errors`.
-        labels: per image, `label_image_errors(gt, pred)` of these predictions.
-        error: one of ERROR_TYPES.
-    """
-    if error not in ERROR_TYPES:
-        raise ValueError(f"unknown error type {error!r}; choose from {ERROR_TYPES}")
-    top_score = max([1.0] + [float(p["scores"].max()) for p in preds if len(p["scores"])])
-    fixed = []
-    for gt, pred, lab in zip(gts, preds, labels, strict=True):
-        boxes, classes, scores = pred["boxes_xyxy"].copy(), pred["labels"].copy(), pred["scores"].copy()
-        keep = np.ones(len(classes), bool)
-        if error == "missed":
-            missed = np.flatnonzero(lab["missed"])
-            boxes = np.concatenate([boxes.reshape(-1, 4), gt["boxes_xyxy"][missed]])
-            classes = np.concatenate([classes, gt["labels"][missed]])
-            scores = np.concatenate([scores, np.full(len(missed), top_score + 1.0)])
-            keep = np.ones(len(classes), bool)
-        elif error in ("classification", "localisation"):
-            taken = lab["found"].copy()  # boxes that already have a detection
-            for k in np.argsort(-scores, kind="stable"):
-                if lab["kind"][k] != error:
-                    continue
-                j = lab["target"][k]
-                if taken[j]:
-                    keep[k] = False
-                    continue
-                taken[j] = True
-                if error == "classification":
-                    classes[k] = gt["labels"][j]
-                else:
-                    boxes[k] = gt["boxes_xyxy"][j]
-        else:
-            keep = lab["kind"] != error
-        fixed.append({"boxes_xyxy": boxes[keep], "labels": classes[keep], "scores": scores[keep]})
-    return fixed
 
 
 def _per_class(values: np.ndarray, class_names: Sequence[str]) -> dict[str, float | None]:
@@ -191,7 +216,7 @@ def _per_class(values: np.ndarray, class_names: Sequence[str]) -> dict[str, floa
 
 
 def _nanmean(values: np.ndarray) -> float | None:
-    valid = values[~np.isnan(values)]
+    valid = values[1:][~np.isnan(values[1:])]
     return float(valid.mean()) if valid.size else None
 
 
@@ -202,54 +227,94 @@ def error_breakdown(
     score_threshold: float = 0.5,
     fg_iou: float = 0.5,
     bg_iou: float = 0.1,
+    rules: str = "tide",
     pixel_offset: float = 0.0,
 ) -> tuple[dict, list[dict[str, np.ndarray]]]:
-    """Error counts at `score_threshold`, dAP if fixed (all scores) and the per-size breakdown.
+    """AP, dAP and error counts over every detection (as TIDE), counts and sizes at `score_threshold`.
 
     Args:
         gts, preds: per image (same order), as for `label_image_errors`.
         class_names: C names, background first.
-        score_threshold: counts, misses and sizes use the detections scoring at least this (the operating point,
-            as the confusion matrix); AP and dAP use every detection (AP is a ranking measure).
+        score_threshold: the operating point of "counts" and "sizes" (as the confusion matrix): they label the
+            detections scoring at least this on their own. AP, dAP and "error_counts" use every detection.
+        rules: "tide" or "voc" (module docstring).
 
     Returns:
         (summary, labels): summary is JSON-ready, AP values in points (0-100):
-            {"AP50": {class: AP}, "mAP50", "dAP": {error: {"all", "per_class": {class: dAP}}},
-             "counts": {"tp" and each error: {"all", "per_class"}}, "sizes": {size: {"ground_truth", "found",
-             "missed", "recall", "false_positives"}}, "recall_by_size": {class: {size: recall}}, thresholds};
+            {"rules", "reference", "ap_metric", thresholds, "AP": {class: AP}, "mAP",
+             "dAP": {error or special error: {"all", "per_class": {class: dAP}}},
+             "error_counts": {error: {"all", "per_class"}} over every detection,
+             "counts": {"tp" and each error: {"all", "per_class"}} at the threshold,
+             "sizes": {size: {"ground_truth", "found", "missed", "recall", "false_positives"}},
+             "recall_by_size": {class: {size: recall}}};
         labels: per image, `label_image_errors` of the detections at or above `score_threshold`.
     """
+    _check_rules(rules)
     num_classes = len(class_names)
     all_labels = [
-        label_image_errors(g, p, fg_iou, bg_iou, pixel_offset) for g, p in zip(gts, preds, strict=True)
+        label_image_errors(g, p, fg_iou, bg_iou, rules, pixel_offset) for g, p in zip(gts, preds, strict=True)
     ]
-    base = class_aps(gts, preds, num_classes, fg_iou, pixel_offset)
+    base = oracle_aps(gts, preds, all_labels, num_classes, None, rules)  # (C,)
+    base_map = _nanmean(base)
     dap = {}
-    for error in ERROR_TYPES:
-        fixed = class_aps(gts, fix_errors(gts, preds, all_labels, error), num_classes, fg_iou, pixel_offset)
-        delta = 100.0 * (fixed - base)  # (C,)
-        mean_fixed, mean_base = _nanmean(fixed), _nanmean(base)
-        dap[error] = {
-            "all": None if mean_base is None else 100.0 * (mean_fixed - mean_base),
-            "per_class": _per_class(delta, class_names),
-        }
+    for error in (*ERROR_TYPES, *SPECIAL_ERROR_TYPES):
+        fixed = oracle_aps(gts, preds, all_labels, num_classes, error, rules)  # (C,)
+        delta = 100.0 * (fixed - base)  # (C,) NaN where either is NaN
+        fixed_map = _nanmean(fixed)
+        total = None if base_map is None or fixed_map is None else 100.0 * (fixed_map - base_map)
+        if error in ERROR_TYPES:  # TIDE clamps the main errors at 0 (negative only through binning)
+            delta = np.where(np.isnan(delta), np.nan, np.maximum(delta, 0.0))
+            total = None if total is None else max(total, 0.0)
+        dap[error] = {"all": total, "per_class": _per_class(delta, class_names)}
 
-    kept = []
-    for p in preds:
-        keep = p["scores"] >= score_threshold
-        kept.append({k: v[keep] for k, v in p.items()})
-    labels = [label_image_errors(g, p, fg_iou, bg_iou, pixel_offset) for g, p in zip(gts, kept, strict=True)]
-    counts = {kind: np.zeros(num_classes, np.int64) for kind in ("tp", *ERROR_TYPES)}
+    kept = [{k: v[p["scores"] >= score_threshold] for k, v in p.items()} for p in preds]
+    labels = [
+        label_image_errors(g, p, fg_iou, bg_iou, rules, pixel_offset) for g, p in zip(gts, kept, strict=True)
+    ]
+    summary = {
+        "rules": rules,
+        "reference": REFERENCE if rules == "tide" else f"{REFERENCE}, on the VOC devkit's matching and AP",
+        "ap_metric": AP_METRICS[rules],
+        "score_threshold": score_threshold,
+        "fg_iou": fg_iou,
+        "bg_iou": bg_iou,
+        "max_detections": MAX_DETECTIONS if rules == "tide" else None,
+        "AP": _per_class(100.0 * base, class_names),
+        "mAP": None if base_map is None else 100.0 * base_map,
+        "dAP": dap,
+        "error_counts": _counts(gts, preds, all_labels, num_classes, class_names, ERROR_TYPES),
+        "counts": _counts(gts, kept, labels, num_classes, class_names, ("tp", *ERROR_TYPES)),
+        **_sizes(gts, kept, labels, class_names),
+    }
+    return summary, labels
+
+
+def _counts(gts, preds, labels, num_classes: int, class_names, kinds) -> dict:
+    """{kind: {"all", "per_class"}}: detections by predicted class, missed boxes by their class."""
+    counts = {kind: np.zeros(num_classes, np.int64) for kind in kinds}
+    for gt, pred, lab in zip(gts, preds, labels, strict=True):
+        for kind, label in zip(lab["kind"], pred["labels"], strict=True):
+            if kind in counts:
+                counts[kind][label] += 1
+        np.add.at(counts["missed"], gt["labels"][lab["missed"]], 1)
+    return {
+        kind: {
+            "all": int(v[1:].sum()),
+            "per_class": {class_names[c]: int(v[c]) for c in range(1, num_classes)},
+        }
+        for kind, v in counts.items()
+    }
+
+
+def _sizes(gts, kept, labels, class_names) -> dict:
+    """{"sizes": {size: row}, "recall_by_size": {class: {size: recall}}} at the score threshold."""
+    num_classes = len(class_names)
     size_rows = {
         name: dict.fromkeys(("ground_truth", "found", "missed", "false_positives"), 0) for name in SIZE_NAMES
     }
     gt_by_size = np.zeros((num_classes, len(SIZE_NAMES)), np.int64)
     found_by_size = np.zeros_like(gt_by_size)
     for gt, pred, lab in zip(gts, kept, labels, strict=True):
-        for kind, label in zip(lab["kind"], pred["labels"], strict=True):
-            if kind in counts:
-                counts[kind][label] += 1
-        np.add.at(counts["missed"], gt["labels"][lab["missed"]], 1)
         real = ~gt["difficult"]
         gt_size = size_of(gt["boxes_xyxy"])
         np.add.at(gt_by_size, (gt["labels"][real], gt_size[real]), 1)
@@ -265,20 +330,7 @@ def error_breakdown(
         row["recall"] = row["found"] / row["ground_truth"] if row["ground_truth"] else None
     with np.errstate(invalid="ignore", divide="ignore"):
         recall_by_size = found_by_size / gt_by_size  # (C, 3), NaN where a class has no box of that size
-    summary = {
-        "score_threshold": score_threshold,
-        "fg_iou": fg_iou,
-        "bg_iou": bg_iou,
-        "AP50": _per_class(100.0 * base, class_names),
-        "mAP50": None if _nanmean(base) is None else 100.0 * _nanmean(base),
-        "dAP": dap,
-        "counts": {
-            kind: {
-                "all": int(v[1:].sum()),
-                "per_class": {class_names[c]: int(v[c]) for c in range(1, num_classes)},
-            }
-            for kind, v in counts.items()
-        },
+    return {
         "sizes": size_rows,
         "recall_by_size": {
             class_names[c]: {
@@ -288,4 +340,3 @@ def error_breakdown(
             for c in range(1, num_classes)
         },
     }
-    return summary, labels

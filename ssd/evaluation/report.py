@@ -4,10 +4,10 @@
 
 It reads what test.py leaves in `folder` (coco_instances_results.json, and results.json when present) and shows:
 the COCO and VOC tables; per class AP, TP/FP/FN and precision/recall/F1 at the score threshold; the PR curves and
-the confusion matrix of `ssd.evaluation.analysis`; the error breakdown and dAP of `ssd.evaluation.errors`; recall
-by object size; and the galleries of `ssd.evaluation.gallery`, which a few lines of inline JavaScript filter by
-class and sort (the HTML: `ssd.evaluation.report_html`). Images are inlined as data URIs, so the file opens from disk, can be mailed, and loads nothing
-from the network.
+the confusion matrix of `ssd.evaluation.analysis`; the error breakdown and dAP of `ssd.evaluation.errors` (TIDE's
+definitions, Bolya et al., ECCV 2020); recall by object size; and the galleries of `ssd.evaluation.gallery`, which a
+few lines of inline JavaScript filter by class and sort (the HTML: `ssd.evaluation.report_html`). Images are inlined
+as data URIs, so the file opens from disk, can be mailed, and loads nothing from the network.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def write_report(
     results: Mapping | None = None,
     predictions_file: str | Path | None = None,
     per_class: int = 8,
+    error_rules: str = "tide",
 ) -> dict:
     """Write folder/report.html and folder/errors.json (the error breakdown) for `dataset`.
 
@@ -88,6 +89,8 @@ def write_report(
         results: the metrics {"bbox": ..., "voc": ...}; default: folder/results.json when it exists.
         predictions_file: COCO result entries; default: folder/coco_instances_results.json.
         per_class: gallery entries per error type and class.
+        error_rules: "tide" (TIDE's definitions) or "voc" (on the VOC devkit's matching and AP); see
+            `ssd.evaluation.errors`.
 
     Returns:
         {"path": the HTML file, "gallery": {error type: number of entries}, "summary": the error breakdown}.
@@ -103,7 +106,9 @@ def write_report(
     if results is None and (folder / "results.json").is_file():
         with open(folder / "results.json") as f:
             results = json.load(f)
-    page, info = build_report(dataset, predictions, results or {}, dataset_name, score_threshold, per_class)
+    page, info = build_report(
+        dataset, predictions, results or {}, dataset_name, score_threshold, per_class, error_rules
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
     path.write_text(page, encoding="utf-8")
@@ -120,13 +125,14 @@ def build_report(
     dataset_name: str,
     score_threshold: float,
     per_class: int = 8,
+    error_rules: str = "tide",
 ) -> tuple[str, dict]:
     """The HTML page and {"gallery": {error type: entries}, "summary": error breakdown} (see `write_report`)."""
     class_names = list(dataset.class_names)
     empty = {"boxes_xyxy": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "scores": np.zeros(0)}
     gts = [load_ground_truth(dataset, i) for i in range(len(dataset))]
     preds = [predictions.get(i, empty) for i in range(len(dataset))]
-    summary, labels = error_breakdown(gts, preds, class_names, score_threshold)
+    summary, labels = error_breakdown(gts, preds, class_names, score_threshold, rules=error_rules)
     kept = [{k: v[p["scores"] >= score_threshold] for k, v in p.items()} for p in preds]
     items = select_items(gts, kept, labels, preds, class_names, per_class)
     add_thumbnails(items, dataset.load_image, [g.get("file_name", f"image {i}") for i, g in enumerate(gts)])

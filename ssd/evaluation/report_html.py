@@ -14,15 +14,19 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ssd.evaluation.analysis import plot_confusion_matrix, plot_pr_curves
-from ssd.evaluation.errors import ERROR_TYPES, SIZE_LIMITS, SIZE_NAMES
+from ssd.evaluation.errors import ERROR_TYPES, SIZE_LIMITS, SIZE_NAMES, SPECIAL_ERROR_TYPES
 
 ERROR_HELP = {
     "classification": "on an object of another class (IoU ≥ 0.5)",
-    "localisation": "right class, box off (0.1 ≤ IoU < 0.5)",
-    "both": "wrong class and box off (0.1 ≤ IoU < 0.5 with another class)",
+    "localisation": "right class, box off (0.1 ≤ IoU ≤ 0.5 with an object of its class)",
+    "both": "wrong class and box off (0.1 < IoU < 0.5 with another class, < 0.1 with its own)",
     "duplicate": "second detection of an object already found",
-    "background": "on nothing (IoU < 0.1 with every object)",
+    "background": "on nothing (IoU ≤ 0.1 with every object)",
     "missed": "objects no detection found (largest first)",
+}
+SPECIAL_HELP = {
+    "false_positive": "every false positive scored below every true positive (perfect precision)",
+    "false_negative": "every object not found removed from the ground truth (perfect recall)",
 }
 
 
@@ -67,7 +71,7 @@ def summary_section(results: Mapping, analysis: Mapping, summary: Mapping, gts, 
                 name,
                 int(counts[c]),
                 results.get("bbox", {}).get(f"AP-{name}"),
-                summary["AP50"][name],
+                summary["AP"][name],
                 pc["TP"],
                 pc["FP"],
                 pc["FN"],
@@ -80,14 +84,15 @@ def summary_section(results: Mapping, analysis: Mapping, summary: Mapping, gts, 
             "(all)",
             int(counts.sum()),
             results.get("bbox", {}).get("AP"),
-            summary["mAP50"],
+            summary["mAP"],
             a["TP"],
             a["FP"],
             a["FN"],
         ]
         + [None if a[k] is None else 100 * a[k] for k in ("precision", "recall", "F1")]
     )
-    headers = ["class", "objects", "AP (COCO)", "AP50 (area)", "TP", "FP", "FN", "precision", "recall", "F1"]
+    ap_header = f"AP{100 * summary['fg_iou']:.0f} ({summary['ap_metric']})"
+    headers = ["class", "objects", "AP (COCO)", ap_header, "TP", "FP", "FN", "precision", "recall", "F1"]
     parts.append(_table(headers, rows, caption="Per class; TP/FP/FN and P/R/F1 (%) at the score threshold"))
     return "".join(parts) + "</section>"
 
@@ -121,20 +126,17 @@ def plots_section(analysis: Mapping) -> str:
 
 def errors_section(summary: Mapping, class_names) -> str:
     names = class_names[1:]
-    dap_rows = [["(mean AP)", *(summary["dAP"][e]["all"] for e in ERROR_TYPES)]]
-    dap_rows += [[n, *(summary["dAP"][e]["per_class"][n] for e in ERROR_TYPES)] for n in names]
-    count_rows = [
-        ["(all)", summary["counts"]["tp"]["all"], *(summary["counts"][e]["all"] for e in ERROR_TYPES)]
-    ]
+    kinds = (*ERROR_TYPES, *SPECIAL_ERROR_TYPES)
+    dap, counts, all_counts = summary["dAP"], summary["counts"], summary["error_counts"]
+    dap_rows = [["(mAP)", *(dap[e]["all"] for e in kinds)]]
+    dap_rows += [[n, *(dap[e]["per_class"][n] for e in kinds)] for n in names]
+    count_rows = [["(all)", counts["tp"]["all"], *(counts[e]["all"] for e in ERROR_TYPES)]]
     count_rows += [
-        [
-            n,
-            summary["counts"]["tp"]["per_class"][n],
-            *(summary["counts"][e]["per_class"][n] for e in ERROR_TYPES),
-        ]
-        for n in names
+        [n, counts["tp"]["per_class"][n], *(counts[e]["per_class"][n] for e in ERROR_TYPES)] for n in names
     ]
-    largest = max([v for v in (summary["dAP"][e]["all"] for e in ERROR_TYPES) if v is not None] + [1e-9])
+    all_count_rows = [["(all)", *(all_counts[e]["all"] for e in ERROR_TYPES)]]
+    all_count_rows += [[n, *(all_counts[e]["per_class"][n] for e in ERROR_TYPES)] for n in names]
+    largest = max([v for v in (dap[e]["all"] for e in kinds) if v is not None] + [1e-9])
 
     def bar(error: str, value: float | None) -> str:  # a CSS bar as long as the dAP, relative to the largest
         width = 60 * max(0.0, value or 0.0) / largest
@@ -144,19 +146,37 @@ def errors_section(summary: Mapping, class_names) -> str:
             f"<span class=value>{shown}</span></div>"
         )
 
-    bars = "".join(bar(e, summary["dAP"][e]["all"]) for e in ERROR_TYPES)
     legend = "".join(f"<li><b>{e}</b>: {esc(ERROR_HELP[e])}</li>" for e in ERROR_TYPES)
+    special = "".join(f"<li><b>{e}</b>: {esc(SPECIAL_HELP[e])}</li>" for e in SPECIAL_ERROR_TYPES)
+    if summary["rules"] == "tide":
+        rules = (
+            "The definitions of TIDE (Bolya et al., <i>TIDE: A General Toolbox for Identifying Object Detection "
+            "Errors</i>, ECCV 2020), checked against its package <code>tidecv</code>"
+        )
+    else:
+        rules = "TIDE's error types and fixes on the VOC devkit's matching and AP (the VOC evaluator's mAP)"
+    ap = f"AP{100 * summary['fg_iou']:.0f} ({esc(summary['ap_metric'])} AP)"
     return (
         "<section id=errors><h2>Error breakdown</h2>"
-        "<p>Each false positive has one type, each object nobody found is missed (rules: ssd/evaluation/errors.py):</p>"
+        f"<p class=rules>Rules: {rules}; IoU thresholds {summary['fg_iou']} (foreground) and "
+        f"{summary['bg_iou']} (background); {ap} (rules={esc(summary['rules'])}, ssd/evaluation/errors.py).</p>"
+        "<p>Each detection that is not a true positive has one type, tested in TIDE's order "
+        "(localisation, classification, duplicate, background, both); each object nobody found is missed:</p>"
         f"<ul class=legend>{legend}</ul>"
-        "<h3>AP50 points gained if every error of a type were fixed (all detections)</h3>"
-        f"<div class=bars>{bars}</div>"
-        + _table(["class", *ERROR_TYPES], dap_rows, fmt=".2f", caption="dAP50 by class (points, 0-100)")
+        f"<h3>dAP: the {ap} points gained if every error of a type were fixed (all detections)</h3>"
+        f"<div class=bars>{''.join(bar(e, dap[e]['all']) for e in ERROR_TYPES)}</div>"
+        f"<p>Special errors (they overlap the six above):</p><ul class=legend>{special}</ul>"
+        f"<div class=bars>{''.join(bar(e, dap[e]['all']) for e in SPECIAL_ERROR_TYPES)}</div>"
+        + _table(["class", *kinds], dap_rows, fmt=".2f", caption="dAP by class (points, 0-100)")
         + _table(
             ["class", "TP", *ERROR_TYPES],
             count_rows,
             caption=f"Counts at score ≥ {summary['score_threshold']} (false positives by predicted class)",
+        )
+        + _table(
+            ["class", *ERROR_TYPES],
+            all_count_rows,
+            caption="Error counts over every detection, as TIDE counts them (the dAP above)",
         )
         + "</section>"
     )
