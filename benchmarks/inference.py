@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/inference.py [--pairs vgg300,mbv3_320] [--batch-sizes 1,8] [--threads 2]
                                              [--repeats 5] [--candidates 1000] [--profile] [--compile] [--quick]
-                                             [--results results/bench_inference.json]
+                                             [--int8 int8,uint8] [--results results/bench_inference.json]
 
 Pairs (benchmarks/common.py): our vgg_ssd300 (COCO config, 81 classes) against torchvision's
 `ssd300_vgg16(weights=None, weights_backbone=None)` (91 classes), and our mobilenet_v3_ssd320 (built with 81
@@ -22,11 +22,13 @@ candidate passes and post-processing would time NMS over ~10^5 boxes.
 
 "ours onnxruntime" is the network of `ours` exported to ONNX and run in ONNX Runtime (fp32) with our pre- and
 post-processing (ssd/engine/runtime.py, `--backend onnxruntime` of demo.py and test.py); "ours onnxruntime
-int8" the same file quantized by ssd/engine/quantize.py (calibrated on 4 of the synthetic test images: the
-weights are random, so this times int8 kernels, it says nothing of accuracy). ONNX Runtime gets the same
-thread count as torch (--threads). "ours fast" is `ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile`
-adds torch.compile). "torchvision NHWC" is the peer with the same channels-last layout, to show how much of
-the gain the layout alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
+int8" the same file quantized by ssd/engine/quantize.py with its default int8 activations (S8S8); `--int8
+int8,uint8` adds "ours onnxruntime int8 U8S8", the file quantized with uint8 activations. Calibration uses 4 of
+the synthetic test images: the weights are random, so this times int8 kernels, it says nothing of accuracy.
+ONNX Runtime gets the same thread count as torch (--threads). "ours fast" is
+`ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile` adds torch.compile).
+"torchvision NHWC" is the peer with the same channels-last layout, to show how much of the gain the layout
+alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
 
 FLOP bound: GFLOPs (FlopCounterMode, multiply-add = 2) / the machine's measured fp32 GEMM peak at the same
 thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak); the bound is
@@ -69,27 +71,41 @@ def torchvision_inputs(images: list[np.ndarray]) -> list[torch.Tensor]:
     return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0) for image in images]
 
 
-def onnxruntime_contenders(ours, size: int, calibration: torch.Tensor, threads: int) -> dict:
-    """{"ours onnxruntime": fp32, "ours onnxruntime int8": int8} detectors of `ours` (its network exported,
-    then quantized with calibration on `calibration` (N, 3, S, S)); {} when onnxruntime is missing."""
+INT8_NAMES = {"int8": "ours onnxruntime int8", "uint8": "ours onnxruntime int8 U8S8"}
+
+
+def onnxruntime_contenders(
+    ours, size: int, calibration: torch.Tensor, threads: int, activations: tuple[str, ...] = ("int8",)
+) -> dict:
+    """{"ours onnxruntime": fp32, "ours onnxruntime int8": int8, ...} detectors of `ours` (its network
+    exported, then quantized with calibration on `calibration` (N, 3, S, S), once per activation type of
+    `activations`: "int8" (S8S8, the default of ssd/engine/quantize.py) and/or "uint8" (U8S8, named
+    "... int8 U8S8")); {} when onnxruntime is missing."""
     try:
         from ssd.engine.quantize import quantize_int8
     except ImportError:
         print("  onnxruntime not installed: no ONNX Runtime rows")
         return {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "ours.onnx", Path(tmp) / "ours_int8.onnx"
-        export_onnx(ours, size, fp32)
-        quantize_int8(fp32, int8, [calibration.numpy()])
+        paths = {"ours onnxruntime": Path(tmp) / "ours.onnx"}
+        export_onnx(ours, size, paths["ours onnxruntime"])
+        for activation in activations:
+            paths[INT8_NAMES[activation]] = Path(tmp) / f"ours_{activation}.onnx"
+            quantize_int8(
+                paths["ours onnxruntime"],
+                paths[INT8_NAMES[activation]],
+                [calibration.numpy()],
+                activations=activation,
+            )
         return {  # a session reads its file when it is made, so the folder may go
             name: OnnxRuntimeDetector(
                 onnxruntime_session(path, threads), ours.priors_cxcywh, ours.postprocessor, str(path)
             )
-            for name, path in (("ours onnxruntime", fp32), ("ours onnxruntime int8", int8))
+            for name, path in paths.items()
         }
 
 
-def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1):
+def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1, int8=("int8",)):
     """(size, ours, ours fast, torchvision, ONNX Runtime contenders, calibration) with the same trained-like
     score distribution; calibration = {model: {"background_bias", "candidates_per_image", "threshold"}}."""
     ours, tv = common.build_ours(pair), common.build_torchvision(pair)
@@ -111,7 +127,7 @@ def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1
         "torchvision": {"background_bias": bias_tv, "candidates_per_image": count_tv,
                         "threshold": tv.score_thresh},
     }  # fmt: skip
-    return size, ours, fast, tv, onnxruntime_contenders(ours, size, calibration, threads), scores
+    return size, ours, fast, tv, onnxruntime_contenders(ours, size, calibration, threads, int8), scores
 
 
 def profile_networks(named: dict, top: int = 12) -> dict:
@@ -149,7 +165,9 @@ def run_pair(pair: str, args: argparse.Namespace, peak: float) -> dict:
         what it printed: {"gflops_per_image", "batches": {batch size: time_batch's dict}, "profile"?}.
     """
     print(f"\n== {pair}: ours {common.PAIRS[pair][0]} vs torchvision {common.PAIRS[pair][2]}")
-    size, ours, fast, tv, ort, scores = prepare_pair(pair, args.candidates, args.compile, args.threads)
+    size, ours, fast, tv, ort, scores = prepare_pair(
+        pair, args.candidates, args.compile, args.threads, tuple(args.int8.split(","))
+    )
     tv_net = common.torchvision_network(tv)
     one = torch.randn(1, 3, size, size) * 60
     with torch.inference_mode():
@@ -251,15 +269,19 @@ def time_batch(
         + ", ".join(f"{name} {ratios['network'][name]:.2f}" for name in contenders)
         + f"; FLOP bound ours {result['flop_bound_ms']:.1f} ms"
     )
-    if {"ours onnxruntime", "ours onnxruntime int8"} <= set(ort):
-        result["int8_speedup"] = {
-            part: part_medians["ours onnxruntime"] / part_medians["ours onnxruntime int8"]
-            for part, part_medians in medians.items()
-        }
-        print(
-            f"  int8 speed-up over ONNX Runtime fp32: end to end {result['int8_speedup']['end_to_end']:.2f}x, "
-            f"network {result['int8_speedup']['network']:.2f}x"
-        )
+    for key, name in (
+        ("int8_speedup", "ours onnxruntime int8"),
+        ("int8_u8s8_speedup", "ours onnxruntime int8 U8S8"),
+    ):
+        if {"ours onnxruntime", name} <= set(ort):
+            result[key] = {
+                part: part_medians["ours onnxruntime"] / part_medians[name]
+                for part, part_medians in medians.items()
+            }
+            print(
+                f"  {name.removeprefix('ours onnxruntime ')} speed-up over ONNX Runtime fp32: end to end "
+                f"{result[key]['end_to_end']:.2f}x, network {result[key]['network']:.2f}x"
+            )
     return result
 
 
@@ -275,13 +297,21 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables (batch 1)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (slow to start)")
     parser.add_argument("--quick", action="store_true", help="sanity run: batch 1, 2 repeats")
+    parser.add_argument(
+        "--int8",
+        default="int8",
+        help="int8 activation types to time, comma-separated: int8 (S8S8, the default) and/or uint8 (U8S8)",
+    )
     parser.add_argument("--results", metavar="PATH", help="also write every printed number as JSON here")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.repeats = "1", 2
+    if not set(args.int8.split(",")) <= set(INT8_NAMES):
+        parser.error(f"--int8 takes {' and/or '.join(INT8_NAMES)}, got {args.int8!r}")
     common.setup_threads(args.threads)
     results = record.start(args.threads)
     results |= {"repeats": args.repeats, "candidates_per_image": args.candidates, "compile": args.compile}
+    results["int8_activations"] = args.int8.split(",")
     print(record.machine_line(args.threads))
     peak = common.measure_peak_gflops()
     print(
