@@ -8,11 +8,7 @@ round-robin (A, B, C, A, B, C, ...) and reports the median of each; ratios come 
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,23 +46,6 @@ IMAGE_SIZES = {"vgg300": 300, "mbv3_320": 320}
 def setup_threads(threads: int) -> None:
     """Same intra-op thread count for every contender (and the matmul peak)."""
     torch.set_num_threads(threads)
-
-
-def machine_line(threads: int) -> str:
-    """One line naming the CPU, threads, load average, date, torch and torchvision versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"machine: {model}, {os.cpu_count()} logical CPUs, {threads} torch threads, load average {load}, "
-        f"{datetime.date.today()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
-    )
 
 
 def interleaved_times(

@@ -1,21 +1,26 @@
 """Training data pipeline throughput on one core: decode + augment + target tensors, BCCD 640x480 -> 300x300.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--root ../shared/data/BCCD] [--num-images 300]
+    .venv/bin/python benchmarks/data_pipeline.py [--root ../shared/data/BCCD] [--num-images 300] [--repeats 3]
+                                                 [--results results/bench_data_pipeline.json]
 
 Times `ssd.data` (uint8 OpenCV pipeline, see ssd/data/transforms.py) against a peer written below, "the
 reference pipeline as lufficc/SSD does it": PIL decoding, float32 from the first step, the same augmentations
 in the same order with the same parameters, numpy global RNG, degenerate-box removal after every step.
 Prior matching is not timed in either: here it happens inside the model's forward (docs/contracts.md).
+The two run in turns (ours over all images, the reference over all images, `--repeats` rounds after a warm-up
+round, common.interleaved_times), so a load that comes and goes hits both; images/s from the median and from
+the best round of each.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+import common  # benchmarks/common.py: the script's folder is on sys.path
 import cv2
 import numpy as np
+import record  # benchmarks/record.py
 import torch
 from PIL import Image
 
@@ -133,9 +138,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/BCCD"))
     parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds over all images, each pipeline")
+    parser.add_argument("--results", metavar="PATH", help="also write every printed number as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    results = record.start(threads=1)
+    results |= {"num_images": args.num_images, "repeats": args.repeats}
+    print(record.machine_line(1))
 
     dataset = VOCDataset(
         args.root, "trainval", BCCD_CLASSES, transform=build_transforms(300, MEAN, True), is_train=True
@@ -152,21 +162,29 @@ def main() -> None:
             a = dataset.get_annotation(i)
             reference_pipeline(a["file_name"], a["boxes_xyxy"], a["labels"])
 
+    # warm-up round first: file cache, lazy imports
+    times = common.interleaved_times(
+        {"ssd.data (uint8, OpenCV)": run_ours, "reference (lufficc-style float32)": run_reference},
+        args.repeats,
+    )
     rates = {}
-    for name, fn in (
-        ("ssd.data (uint8, OpenCV)", run_ours),
-        ("reference (lufficc-style float32)", run_reference),
-    ):
-        fn()  # warm-up: file cache, lazy imports
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        rates[name] = len(indices) / best
-        print(f"{name:36s} {rates[name]:7.1f} images/s (1 thread, best of 3 x {len(indices)} images)")
-    ours, reference = rates.values()
-    print(f"speed-up: {ours / reference:.2f}x")
+    for name, seconds in times.items():
+        rates[name] = {
+            "images_per_s_median": len(indices) / common.median(seconds),
+            "images_per_s_best": len(indices) / min(seconds),
+        }
+        print(
+            f"{name:36s} {rates[name]['images_per_s_median']:7.1f} images/s median, "
+            f"{rates[name]['images_per_s_best']:7.1f} best (1 thread, {args.repeats} rounds x {len(indices)} images)"
+        )
+    ours, reference = (rate["images_per_s_median"] for rate in rates.values())
+    batch_ms = 8 / ours * 1e3
+    print(
+        f"speed-up: {ours / reference:.2f}x (medians); one batch of 8 images: {batch_ms:.1f} ms with ssd.data"
+    )
+    results |= {"pipelines": rates, "speedup": ours / reference, "batch_of_8_ms": batch_ms}
+    print(record.machine_line(1))
+    record.write(args.results, results)
 
 
 if __name__ == "__main__":

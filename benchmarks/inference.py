@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inference.py [--pairs vgg300,mbv3_320] [--batch-sizes 1,8] [--threads 2]
                                              [--repeats 5] [--candidates 1000] [--profile] [--compile] [--quick]
+                                             [--int8 int8,uint8] [--results results/bench_inference.json]
 
 Pairs (benchmarks/common.py): our vgg_ssd300 (COCO config, 81 classes) against torchvision's
 `ssd300_vgg16(weights=None, weights_backbone=None)` (91 classes), and our mobilenet_v3_ssd320 (built with 81
@@ -21,11 +22,13 @@ candidate passes and post-processing would time NMS over ~10^5 boxes.
 
 "ours onnxruntime" is the network of `ours` exported to ONNX and run in ONNX Runtime (fp32) with our pre- and
 post-processing (ssd/engine/runtime.py, `--backend onnxruntime` of demo.py and test.py); "ours onnxruntime
-int8" the same file quantized by ssd/engine/quantize.py (calibrated on 4 of the synthetic test images: the
-weights are random, so this times int8 kernels, it says nothing of accuracy). ONNX Runtime gets the same
-thread count as torch (--threads). "ours fast" is `ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile`
-adds torch.compile). "torchvision NHWC" is the peer with the same channels-last layout, to show how much of
-the gain the layout alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
+int8" the same file quantized by ssd/engine/quantize.py with its default int8 activations (S8S8); `--int8
+int8,uint8` adds "ours onnxruntime int8 U8S8", the file quantized with uint8 activations. Calibration uses 4 of
+the synthetic test images: the weights are random, so this times int8 kernels, it says nothing of accuracy.
+ONNX Runtime gets the same thread count as torch (--threads). "ours fast" is
+`ssd.modeling.fast.optimize_for_inference(model)` (BN folding, channels-last; `--compile` adds torch.compile).
+"torchvision NHWC" is the peer with the same channels-last layout, to show how much of the gain the layout
+alone gives. Every contender runs round-robin in the same loop (common.interleaved_times).
 
 FLOP bound: GFLOPs (FlopCounterMode, multiply-add = 2) / the machine's measured fp32 GEMM peak at the same
 thread count (common.measure_peak_gflops). "x bound" = measured time / bound time (1.0 = at peak); the bound is
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import common  # benchmarks/common.py: the script's folder is on sys.path
 import numpy as np
+import record  # benchmarks/record.py
 import torch
 
 from ssd.data.transforms import build_transforms
@@ -67,29 +71,43 @@ def torchvision_inputs(images: list[np.ndarray]) -> list[torch.Tensor]:
     return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0) for image in images]
 
 
-def onnxruntime_contenders(ours, size: int, calibration: torch.Tensor, threads: int) -> dict:
-    """{"ours onnxruntime": fp32, "ours onnxruntime int8": int8} detectors of `ours` (its network exported,
-    then quantized with calibration on `calibration` (N, 3, S, S)); {} when onnxruntime is missing."""
+INT8_NAMES = {"int8": "ours onnxruntime int8", "uint8": "ours onnxruntime int8 U8S8"}
+
+
+def onnxruntime_contenders(
+    ours, size: int, calibration: torch.Tensor, threads: int, activations: tuple[str, ...] = ("int8",)
+) -> dict:
+    """{"ours onnxruntime": fp32, "ours onnxruntime int8": int8, ...} detectors of `ours` (its network
+    exported, then quantized with calibration on `calibration` (N, 3, S, S), once per activation type of
+    `activations`: "int8" (S8S8, the default of ssd/engine/quantize.py) and/or "uint8" (U8S8, named
+    "... int8 U8S8")); {} when onnxruntime is missing."""
     try:
         from ssd.engine.quantize import quantize_int8
     except ImportError:
         print("  onnxruntime not installed: no ONNX Runtime rows")
         return {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "ours.onnx", Path(tmp) / "ours_int8.onnx"
-        export_onnx(ours, size, fp32)
-        quantize_int8(fp32, int8, [calibration.numpy()])
+        paths = {"ours onnxruntime": Path(tmp) / "ours.onnx"}
+        export_onnx(ours, size, paths["ours onnxruntime"])
+        for activation in activations:
+            paths[INT8_NAMES[activation]] = Path(tmp) / f"ours_{activation}.onnx"
+            quantize_int8(
+                paths["ours onnxruntime"],
+                paths[INT8_NAMES[activation]],
+                [calibration.numpy()],
+                activations=activation,
+            )
         return {  # a session reads its file when it is made, so the folder may go
             name: OnnxRuntimeDetector(
                 onnxruntime_session(path, threads), ours.priors_cxcywh, ours.postprocessor, str(path)
             )
-            for name, path in (("ours onnxruntime", fp32), ("ours onnxruntime int8", int8))
+            for name, path in paths.items()
         }
 
 
-def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1):
-    """(size, ours, ours fast, torchvision, ONNX Runtime contenders) with the same trained-like score
-    distribution."""
+def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1, int8=("int8",)):
+    """(size, ours, ours fast, torchvision, ONNX Runtime contenders, calibration) with the same trained-like
+    score distribution; calibration = {model: {"background_bias", "candidates_per_image", "threshold"}}."""
     ours, tv = common.build_ours(pair), common.build_torchvision(pair)
     size = common.IMAGE_SIZES[pair]
     calibration = ours_preprocess(size)(common.test_images(4, seed=1))[0]
@@ -103,50 +121,87 @@ def prepare_pair(pair: str, candidates: int, use_compile: bool, threads: int = 1
         f"{tv.score_thresh}"
     )
     fast = optimize_for_inference(ours, compile=use_compile)
-    return size, ours, fast, tv, onnxruntime_contenders(ours, size, calibration, threads)
+    scores = {
+        "ours": {"background_bias": bias_ours, "candidates_per_image": count_ours,
+                 "threshold": ours.postprocessor.score_threshold},
+        "torchvision": {"background_bias": bias_tv, "candidates_per_image": count_tv,
+                        "threshold": tv.score_thresh},
+    }  # fmt: skip
+    return size, ours, fast, tv, onnxruntime_contenders(ours, size, calibration, threads, int8), scores
 
 
-def profile_networks(named: dict, top: int = 12) -> None:
-    """torch.profiler table (self CPU time) of each network on the same input."""
+def profile_networks(named: dict, top: int = 12) -> dict:
+    """torch.profiler table (self CPU time) of each network on the same input; printed and returned as
+    {network: {"total_ms", "ops": {op: {"self_ms", "percent", "calls"}}}} (the `top` ops by self time)."""
+    profiles = {}
     for name, fn in named.items():
         fn()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             fn()
         print(f"\n  profile: {name}")
-        table = prof.key_averages().table(
-            sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40
-        )
+        averages = prof.key_averages()
+        table = averages.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
         print("\n".join("    " + line for line in table.splitlines()))
+        total_us = sum(event.self_cpu_time_total for event in averages)
+        ranked = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]
+        profiles[name] = {
+            "total_ms": round(total_us / 1e3, 3),
+            "ops": {
+                event.key: {
+                    "self_ms": round(event.self_cpu_time_total / 1e3, 3),
+                    "percent": round(100 * event.self_cpu_time_total / max(total_us, 1e-9), 2),
+                    "calls": event.count,
+                }
+                for event in ranked
+            },
+        }
+    return profiles
 
 
-def run_pair(pair: str, args: argparse.Namespace, peak: float) -> None:
-    """Calibrate one pair, count its FLOPs, then time it at every batch size (and profile if asked)."""
+def run_pair(pair: str, args: argparse.Namespace, peak: float) -> dict:
+    """Calibrate one pair, count its FLOPs, then time it at every batch size (and profile if asked).
+
+    Returns:
+        what it printed: {"gflops_per_image", "batches": {batch size: time_batch's dict}, "profile"?}.
+    """
     print(f"\n== {pair}: ours {common.PAIRS[pair][0]} vs torchvision {common.PAIRS[pair][2]}")
-    size, ours, fast, tv, ort = prepare_pair(pair, args.candidates, args.compile, args.threads)
+    size, ours, fast, tv, ort, scores = prepare_pair(
+        pair, args.candidates, args.compile, args.threads, tuple(args.int8.split(","))
+    )
     tv_net = common.torchvision_network(tv)
     one = torch.randn(1, 3, size, size) * 60
     with torch.inference_mode():
         gflops = {"ours": common.count_gflops(lambda: ours.predict_raw(one))}
         gflops["torchvision"] = common.count_gflops(lambda: tv_net(one))
     print(f"  GFLOPs per image (network): ours {gflops['ours']:.2f}, torchvision {gflops['torchvision']:.2f}")
+    result = {"score_calibration": scores, "gflops_per_image": gflops, "batches": {}}
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        time_batch(size, ours, fast, tv, ort, batch_size, args.repeats, gflops, peak)
+        result["batches"][str(batch_size)] = time_batch(
+            size, ours, fast, tv, ort, batch_size, args.repeats, gflops, peak
+        )
     if args.profile:
         one = ours_preprocess(size)(common.test_images(1))[0]
         with torch.inference_mode():
-            profile_networks(
+            result["profile_batch_1"] = profile_networks(
                 {
                     "ours fast predict_raw": lambda: fast.predict_raw(one),
                     "ours predict_raw": lambda: ours.predict_raw(one),
                     "torchvision head(backbone)": lambda: tv_net(one),
                 }
             )
+    return result
 
 
 def time_batch(
     size, ours, fast, tv, ort: dict, batch_size: int, repeats: int, gflops: dict, peak: float
-) -> None:
-    """Time end to end and network alone at one batch size, all contenders interleaved; print the rows."""
+) -> dict:
+    """Time end to end and network alone at one batch size, all contenders interleaved; print the rows.
+
+    Returns:
+        what it printed: {"end_to_end": {contender: {"median_ms", "min_ms"}}, "end_to_end_ratio" (median /
+        torchvision's), "network" (also "gflop_per_s", "x_bound"), "network_ratio", "flop_bound_ms",
+        "int8_speedup" (ONNX Runtime fp32 median / int8 median, end to end and network)}.
+    """
     preprocess = ours_preprocess(size)
     images = common.test_images(batch_size)
     batch, sizes = preprocess(images)
@@ -178,30 +233,56 @@ def time_batch(
             },
             repeats,
         )
+    medians = {
+        "end_to_end": {name: common.median(times) for name, times in e2e.items()},
+        "network": {name: common.median(times) for name, times in net.items()},
+    }
+    ratios = {
+        part: {name: value / part_medians["torchvision"] for name, value in part_medians.items()}
+        for part, part_medians in medians.items()
+    }
+    result = {
+        "end_to_end": {name: record.timing(times) for name, times in e2e.items()},
+        "end_to_end_ratio": ratios["end_to_end"],
+        "network": {name: record.timing(times) for name, times in net.items()},
+        "network_ratio": ratios["network"],
+        "flop_bound_ms": round(gflops["ours"] * batch_size / peak * 1e3, 3),
+    }
+    contenders = ["ours", "ours fast", *ort]
     print(f"\n  batch {batch_size}, end to end (uint8 480x640 -> detections):")
     for name, times in e2e.items():
         print(common.format_row(name, times))
-    tv_e2e = common.median(e2e["torchvision"])
     print(
-        f"  ratio to torchvision: ours {common.median(e2e['ours']) / tv_e2e:.2f}, "
-        f"ours fast {common.median(e2e['ours fast']) / tv_e2e:.2f}"
-        + "".join(f", {name} {common.median(e2e[name]) / tv_e2e:.2f}" for name in ort)
+        "  ratio to torchvision: "
+        + ", ".join(f"{name} {ratios['end_to_end'][name]:.2f}" for name in contenders)
     )
     print(f"  batch {batch_size}, network alone ({size}x{size} input):")
     for name, times in net.items():
         flops = gflops["torchvision" if name.startswith("torchvision") else "ours"] * batch_size
         seconds = common.median(times)
         bound = flops / peak
+        result["network"][name] |= {"gflop_per_s": flops / seconds, "x_bound": seconds / bound}
         extra = f"{flops / seconds:6.1f} GFLOP/s  {seconds / bound:5.2f} x bound"
         print(common.format_row(name, times, extra))
-    tv_net_time = common.median(net["torchvision"])
     print(
-        f"  ratio to torchvision: ours {common.median(net['ours']) / tv_net_time:.2f}, "
-        f"ours fast {common.median(net['ours fast']) / tv_net_time:.2f}"
-        + "".join(f", {name} {common.median(net[name]) / tv_net_time:.2f}" for name in ort)
-        + "; "
-        f"FLOP bound ours {gflops['ours'] * batch_size / peak * 1e3:.1f} ms"
+        "  ratio to torchvision: "
+        + ", ".join(f"{name} {ratios['network'][name]:.2f}" for name in contenders)
+        + f"; FLOP bound ours {result['flop_bound_ms']:.1f} ms"
     )
+    for key, name in (
+        ("int8_speedup", "ours onnxruntime int8"),
+        ("int8_u8s8_speedup", "ours onnxruntime int8 U8S8"),
+    ):
+        if {"ours onnxruntime", name} <= set(ort):
+            result[key] = {
+                part: part_medians["ours onnxruntime"] / part_medians[name]
+                for part, part_medians in medians.items()
+            }
+            print(
+                f"  {name.removeprefix('ours onnxruntime ')} speed-up over ONNX Runtime fp32: end to end "
+                f"{result[key]['end_to_end']:.2f}x, network {result[key]['network']:.2f}x"
+            )
+    return result
 
 
 def main() -> None:
@@ -216,24 +297,36 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables (batch 1)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (slow to start)")
     parser.add_argument("--quick", action="store_true", help="sanity run: batch 1, 2 repeats")
+    parser.add_argument(
+        "--int8",
+        default="int8",
+        help="int8 activation types to time, comma-separated: int8 (S8S8, the default) and/or uint8 (U8S8)",
+    )
+    parser.add_argument("--results", metavar="PATH", help="also write every printed number as JSON here")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.repeats = "1", 2
+    if not set(args.int8.split(",")) <= set(INT8_NAMES):
+        parser.error(f"--int8 takes {' and/or '.join(INT8_NAMES)}, got {args.int8!r}")
     common.setup_threads(args.threads)
-    print(common.machine_line(args.threads))
+    results = record.start(args.threads)
+    results |= {"repeats": args.repeats, "candidates_per_image": args.candidates, "compile": args.compile}
+    results["int8_activations"] = args.int8.split(",")
+    print(record.machine_line(args.threads))
     peak = common.measure_peak_gflops()
     print(
         f"fp32 GEMM 2048^3: torch.matmul {peak['matmul']:.1f} GFLOP/s, oneDNN 1x1 conv {peak['conv1x1']:.1f} "
         f"GFLOP/s -> peak {peak['peak']:.1f} GFLOP/s"
     )
 
-    for pair in args.pairs.split(","):
-        run_pair(pair, args, peak["peak"])
+    results["pairs"] = {pair: run_pair(pair, args, peak["peak"]) for pair in args.pairs.split(",")}
 
     peak_end = common.measure_peak_gflops()
+    results["gemm_gflop_per_s"] = {"start": peak, "end": peak_end}
     print(
-        f"\nfp32 GEMM peak again at the end: {peak_end['peak']:.1f} GFLOP/s; {common.machine_line(args.threads)}"
+        f"\nfp32 GEMM peak again at the end: {peak_end['peak']:.1f} GFLOP/s; {record.machine_line(args.threads)}"
     )
+    record.write(args.results, results)
 
 
 if __name__ == "__main__":

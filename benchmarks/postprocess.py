@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/postprocess.py [--pairs vgg300,mbv3_320] [--batch-sizes 1,8] [--threads 2]
                                               [--repeats 10] [--candidates 1000] [--quick]
+                                              [--results results/bench_postprocess.json]
 
 Both models of a pair get the same trained-like score distribution (common.make_trained_like: `--candidates`
 (prior, class) pairs per image above each model's score threshold). The network runs once; then, on its
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 import common  # benchmarks/common.py: the script's folder is on sys.path
+import record  # benchmarks/record.py
 import torch
 from inference import ours_preprocess, torchvision_inputs
 from torchvision.models.detection.image_list import ImageList
@@ -27,7 +29,10 @@ from torchvision.models.detection.image_list import ImageList
 from ssd.modeling.fast import optimize_for_inference
 
 
-def run_pair(pair: str, batch_sizes: list[int], repeats: int, candidates: int) -> None:
+def run_pair(pair: str, batch_sizes: list[int], repeats: int, candidates: int) -> dict:
+    """Post-processing of one pair at every batch size, printed and returned as {batch size: {"detections_kept",
+    "times": {contender: {"median_ms", "min_ms"}}, "ours_over_torchvision", "share_percent": {"ours", "torchvision"}}}.
+    """
     size = common.IMAGE_SIZES[pair]
     ours, tv = common.build_ours(pair), common.build_torchvision(pair)
     preprocess = ours_preprocess(size)
@@ -36,7 +41,7 @@ def run_pair(pair: str, batch_sizes: list[int], repeats: int, candidates: int) -
     common.make_trained_like(tv, calibration, tv.score_thresh, candidates)
     fast = optimize_for_inference(ours)
 
-    def one_batch(batch_size: int) -> None:
+    def one_batch(batch_size: int) -> dict:
         images = common.test_images(batch_size)
         batch, sizes = preprocess(images)
         with torch.inference_mode():
@@ -68,14 +73,25 @@ def run_pair(pair: str, batch_sizes: list[int], repeats: int, candidates: int) -
         print(f"\n== {pair}, batch {batch_size}: post-processing ({kept[0]} / {kept[1]} detections kept)")
         for name, values in {**times, **tv_e2e}.items():
             print(common.format_row(name, values))
-        tv_share = common.median(times["torchvision"]) / common.median(tv_e2e["torchvision end to end"])
+        ratio = post / common.median(times["torchvision"])
+        share = {
+            "ours": 100 * post / e2e,
+            "torchvision": 100
+            * common.median(times["torchvision"])
+            / common.median(tv_e2e["torchvision end to end"]),
+        }
         print(
-            f"  ours / torchvision: {post / common.median(times['torchvision']):.2f}; share of end to end: "
-            f"ours {100 * post / e2e:.1f}% (of ours fast), torchvision {100 * tv_share:.1f}% (2 e2e samples)"
+            f"  ours / torchvision: {ratio:.2f}; share of end to end: "
+            f"ours {share['ours']:.1f}% (of ours fast), torchvision {share['torchvision']:.1f}% (2 e2e samples)"
         )
+        return {
+            "detections_kept": {"ours": kept[0], "torchvision": kept[1]},
+            "times": {name: record.timing(values) for name, values in {**times, **tv_e2e}.items()},
+            "ours_over_torchvision": ratio,
+            "share_percent": share,
+        }
 
-    for batch_size in batch_sizes:
-        one_batch(batch_size)
+    return {str(batch_size): one_batch(batch_size) for batch_size in batch_sizes}
 
 
 def main() -> None:
@@ -88,14 +104,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=1000, help="candidates per image above threshold")
     parser.add_argument("--quick", action="store_true", help="sanity run: batch 1, 3 repeats")
+    parser.add_argument("--results", metavar="PATH", help="also write every printed number as JSON here")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.repeats = "1", 3
     common.setup_threads(args.threads)
-    print(common.machine_line(args.threads))
-    for pair in args.pairs.split(","):
-        run_pair(pair, [int(b) for b in args.batch_sizes.split(",")], args.repeats, args.candidates)
-    print(f"\n{common.machine_line(args.threads)}")
+    results = record.start(args.threads)
+    results |= {"repeats": args.repeats, "candidates_per_image": args.candidates}
+    print(record.machine_line(args.threads))
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    results["pairs"] = {
+        pair: run_pair(pair, batch_sizes, args.repeats, args.candidates) for pair in args.pairs.split(",")
+    }
+    print(f"\n{record.machine_line(args.threads)}")
+    record.write(args.results, results)
 
 
 if __name__ == "__main__":

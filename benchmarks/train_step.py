@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--pairs vgg300,mbv3_320] [--batch-size 8] [--threads 2]
                                               [--repeats 3] [--quick]
+                                              [--results results/bench_train_step.json]
 
 Same pairs as benchmarks/inference.py (random weights, every layer trainable in both: torchvision freezes
 no layer when `weights_backbone=None`). Each step sees the same batch of S x S images with 3 random boxes
@@ -25,6 +26,7 @@ import argparse
 import copy
 
 import common  # benchmarks/common.py: the script's folder is on sys.path
+import record  # benchmarks/record.py
 import torch
 from torch import nn
 
@@ -65,11 +67,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps each (after one warm-up step)")
     parser.add_argument("--quick", action="store_true", help="sanity run: batch 2, 1 repeat")
+    parser.add_argument("--results", metavar="PATH", help="also write every printed number as JSON here")
     args = parser.parse_args()
     if args.quick:
         args.batch_size, args.repeats = 2, 1
     common.setup_threads(args.threads)
-    print(common.machine_line(args.threads))
+    results = record.start(args.threads)
+    results |= {"repeats": args.repeats, "batch_size": args.batch_size, "pairs": {}}
+    print(record.machine_line(args.threads))
 
     for pair in args.pairs.split(","):
         size = common.IMAGE_SIZES[pair]
@@ -98,12 +103,23 @@ def main() -> None:
         for name, values in times.items():
             print(common.format_row(name, values, f"{args.batch_size / common.median(values):6.2f} images/s"))
         median = {name: common.median(values) for name, values in times.items()}
-        print(f"  ratio ours / torchvision (defaults): {median['ours'] / median['torchvision']:.2f}")
-        print(f"  ratio ours NCHW / torchvision: {median['ours NCHW'] / median['torchvision']:.2f}")
-        print(
-            f"  ratio ours / torchvision NHWC (same layout): {median['ours'] / median['torchvision NHWC']:.2f}"
-        )
-    print(f"\n{common.machine_line(args.threads)}")
+        ratios = {
+            "ours / torchvision": median["ours"] / median["torchvision"],
+            "ours NCHW / torchvision": median["ours NCHW"] / median["torchvision"],
+            "ours / torchvision NHWC": median["ours"] / median["torchvision NHWC"],
+        }
+        print(f"  ratio ours / torchvision (defaults): {ratios['ours / torchvision']:.2f}")
+        print(f"  ratio ours NCHW / torchvision: {ratios['ours NCHW / torchvision']:.2f}")
+        print(f"  ratio ours / torchvision NHWC (same layout): {ratios['ours / torchvision NHWC']:.2f}")
+        results["pairs"][pair] = {
+            "times": {
+                name: record.timing(values) | {"images_per_s": args.batch_size / common.median(values)}
+                for name, values in times.items()
+            },
+            "ratios": ratios,
+        }
+    print(f"\n{record.machine_line(args.threads)}")
+    record.write(args.results, results)
 
 
 if __name__ == "__main__":
