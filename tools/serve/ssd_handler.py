@@ -39,23 +39,18 @@ from ssd.engine.runtime import OnnxRuntimeDetector, onnxruntime_session
 from ssd.modeling.postprocess import PostProcessor
 
 MODEL_FILE, SERVING_FILE, PRIORS_FILE = "model.onnx", "serving.json", "priors.npy"
-BAD_REQUEST, TOO_LARGE = 400, 413
+BAD_REQUEST, TOO_LARGE = 400, 413  # HTTP statuses of refused requests
 logger = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A request that cannot be answered with detections; `status` is its HTTP code."""
-
-    def __init__(self, message: str, status: int = BAD_REQUEST):
-        super().__init__(message)
-        self.status = status
 
 
 def decode_request(row: dict, max_pixels: int) -> np.ndarray:
     """One request of a batch (TorchServe's {"data" or "body": ...}) -> uint8 (H, W, 3) RGB.
 
     Accepted: the image file's bytes, or base64 text of them. TorchServe hands a JSON body over parsed (a
-    dict or list) and a text body as str. Raises RequestError (400, or 413 above `max_pixels` pixels).
+    dict or list) and a text body as str.
+
+    Raises:
+        ImageTooLargeError: above `max_pixels` pixels (answered 413). ValueError: anything else (400).
     """
     body = row.get("data")
     if body is None:
@@ -64,25 +59,26 @@ def decode_request(row: dict, max_pixels: int) -> np.ndarray:
         try:
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(
+            raise ValueError(
                 f"the request body is text ({len(body)} characters) but not base64; send the image file's "
                 "bytes (Content-Type application/octet-stream) or base64 text of them"
             ) from None
     if body is not None and not isinstance(body, (bytes, bytearray)):
-        raise RequestError(
+        raise ValueError(
             f"the request body is JSON ({type(body).__name__}), not an image; send the image file's bytes "
             "(Content-Type application/octet-stream) or base64 text of them"
         )
     if not body:
-        raise RequestError("the request body is empty; send an image file (JPEG, PNG, ...)")
+        raise ValueError("the request body is empty; send an image file (JPEG, PNG, ...)")
     try:
         return decode_image_rgb(bytes(body), max_pixels, f"the request image ({len(body)} bytes)")
-    except ImageTooLargeError as err:
-        raise RequestError(str(err), TOO_LARGE) from None
+    except ImageTooLargeError:
+        raise
     except OSError as err:
-        raise RequestError(f"{err} (OpenCV reads JPEG, PNG, BMP, WebP, TIFF, ...)") from None
+        raise ValueError(f"{err} (OpenCV reads JPEG, PNG, BMP, WebP, TIFF, ...)") from None
 
 
+# TorchServe loads the one class this module defines as the handler: no other class may live here.
 class SSDHandler:
     """initialize(context) once per worker; handle(data, context) per batch of requests (one list entry each)."""
 
@@ -130,11 +126,12 @@ class SSDHandler:
             try:
                 images.append(decode_request(row, self.max_pixels))
                 good.append(index)
-            except RequestError as err:
+            except ValueError as err:  # ImageTooLargeError included (a ValueError and an OSError)
+                status = TOO_LARGE if isinstance(err, ImageTooLargeError) else BAD_REQUEST
                 answers[index] = {"error": str(err)}
                 # The reason phrase travels in the HTTP status line: one line of ASCII.
                 phrase = str(err).encode("ascii", "replace").decode().replace("\n", " ")
-                context.set_response_status(err.status, phrase, index)
+                context.set_response_status(status, phrase, index)
         logger.info("SSDHandler: batch of %d requests, %d refused", len(data), len(data) - len(good))
         if images:
             no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
