@@ -788,7 +788,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
     bomb = _png_bomb(tmp_path / "bomb.png", 30000, 30000)
     assert bomb.stat().st_size < 2**20
     huge = _png_bomb(tmp_path / "huge.png", 60000, 60000, rows=8)
-    refusal = f"{bomb}: 30000 x 30000 pixels (900 million) is above INPUT.MAX_IMAGE_PIXELS 150000000"
+    refusal = f"{bomb}: 30000 x 30000 = 900,000,000 pixels, above INPUT.MAX_IMAGE_PIXELS 150000000"
     # The floor: an interpreter with torch and OpenCV imported, nothing else. Their library files count in RSS
     # (0.9 GB with a CUDA build of torch); a decoded bomb would add 2.7 GB (RGB) or 0.9 GB (grey) above it,
     # while each refusing run stays within 0.5 GB of it (its model, ONNX Runtime), so under 1 GB of its own.
@@ -814,8 +814,14 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
 
     handler_peak, status, output = _peak_rss_mb([sys.executable, "-c", _HANDLER_CHILD, str(bomb), str(huge)])
     assert status == 0, output
-    assert f"STATUS 413 the request image ({bomb.stat().st_size} bytes): 30000 x 30000 pixels" in output
-    assert f"STATUS 413 the request image ({huge.stat().st_size} bytes): 60000 x 60000 pixels" in output
+    assert (
+        f"STATUS 413 the request image ({bomb.stat().st_size} bytes): 30000 x 30000 = 900,000,000 pixels"
+        in output
+    )
+    assert (
+        f"STATUS 413 the request image ({huge.stat().st_size} bytes): 60000 x 60000 = 3,600,000,000 pixels"
+        in output
+    )
     for name, peak in (("demo.py", demo_peak), ("dataset", dataset_peak), ("handler", handler_peak)):
         assert peak - floor < 512, (
             f"{name}: peak {peak:.0f} MB, {peak - floor:.0f} MB above the floor {floor:.0f} MB"
@@ -836,7 +842,9 @@ def test_a_header_above_opencvs_limit_is_one_skipped_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         demo.main(["--images-dir", str(folder), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"])
     assert str(err.value) == f"demo.py: 1 of 2 images could not be read and were skipped: {huge}"
-    assert f"a_huge.png: skipped, {huge}: 60000 x 60000 pixels (3600 million)" in capsys.readouterr().err
+    assert (
+        f"a_huge.png: skipped, {huge}: 60000 x 60000 = 3,600,000,000 pixels, above" in capsys.readouterr().err
+    )
     assert cv2.imread(str(tmp_path / "out" / "b_good.png")) is not None
     with pytest.raises(OSError, match=rf"cannot decode image {re.escape(str(huge))}: OpenCV refuses it"):
         read_image_rgb(huge, max_pixels=0)
@@ -899,7 +907,7 @@ def test_the_pixel_limit_is_the_configs(tmp_path):
     assert dataset.load_image(0).shape == (64, 96, 3)
     _image(tmp_path / "a.png", width=97, height=64)  # the file changes after start-up
     with pytest.raises(
-        ImageTooLargeError, match=r"a\.png: 97 x 64 pixels \(0 million\) is above INPUT.MAX_IMAGE_PIXELS 6144"
+        ImageTooLargeError, match=r"a\.png: 97 x 64 = 6,208 pixels, above INPUT.MAX_IMAGE_PIXELS 6144;"
     ):
         dataset.load_image(0)
     assert issubclass(ImageTooLargeError, OSError)  # handled as any image that cannot be read
@@ -1107,7 +1115,7 @@ def test_handler_answers_each_request_of_a_batch(tmp_path):
     assert answers[3]["error"].startswith("the request body is JSON (dict), not an image")
     assert answers[4]["error"].startswith("the request body is text (11 characters) but not base64")
     assert (
-        f"({len(bomb)} bytes): 15000 x 10001 pixels (150 million) is above INPUT.MAX_IMAGE_PIXELS"
+        f"({len(bomb)} bytes): 15000 x 10001 = 150,015,000 pixels, above INPUT.MAX_IMAGE_PIXELS 150000000"
         in answers[6]["error"]
     )
 

@@ -61,9 +61,8 @@ def check_image_pixels(height: int, width: int, max_pixels: int, name: str) -> N
     (max_pixels <= 0: no limit)."""
     if max_pixels > 0 and height * width > max_pixels:
         raise ImageTooLargeError(
-            f"{name}: {width} x {height} pixels ({height * width / 1e6:.0f} million) is above "
-            f"{MAX_IMAGE_PIXELS_KEY} {max_pixels} ({max_pixels / 1e6:.0f} million); not decoded. Downscale "
-            f"the image, or raise {MAX_IMAGE_PIXELS_KEY} (0 = no limit)"
+            f"{name}: {width} x {height} = {height * width:,} pixels, above {MAX_IMAGE_PIXELS_KEY} "
+            f"{max_pixels}; not decoded. Downscale the image, or raise {MAX_IMAGE_PIXELS_KEY} (0 = no limit)"
         )
 
 
