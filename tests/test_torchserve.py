@@ -224,10 +224,11 @@ def test_a_bad_request_does_not_fail_the_good_one_in_its_batch(server):
     for thread in threads:
         thread.join(timeout=90)
     status, text = answers["bad"]
-    assert (
-        status == 400
-        and "cannot decode image file (corrupt or not an image): the request image (12 bytes)" in text
-    )
+    assert status == 400, text
+    assert json.loads(text) == {
+        "error": "cannot decode image file (corrupt or not an image): the request image (12 bytes) "
+        "(OpenCV reads JPEG, PNG, BMP, WebP, TIFF, ...)"
+    }
     status, text = answers["good"]
     assert status == 200, text
     _assert_detections_equal(json.loads(text), image)
