@@ -14,17 +14,16 @@ import logging
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from image_fakes import png_bomb
 from test_train_e2e import TINY
 from train_fakes import NaNGradientAt
 
@@ -690,29 +689,6 @@ def test_test_py_errors_are_one_line_and_empty_datasets_are_named(tmp_path):
 # ----- round two: images, ONNX files and serving ---------------------------------------------------------------
 
 
-def _png_bomb(path: Path, width: int, height: int, rows: int | None = None) -> Path:
-    """A grey PNG of zeros, width x height, built without holding its pixels (a 30000 x 30000 one: under 1 MB on
-    disk, 2.7 GB once OpenCV decodes it to RGB). `rows` < height writes only the first rows (a header that
-    promises more than the file holds)."""
-    rows = height if rows is None else rows
-    per_block = max(1, min(rows, 2**24 // (width + 1)))  # rows per identical deflate block
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate; a full flush makes every block the same
-    block = deflate.compress(bytes((width + 1) * per_block)) + deflate.flush(zlib.Z_FULL_FLUSH)
-    tail = deflate.compress(bytes((width + 1) * (rows % per_block))) + deflate.flush(zlib.Z_FINISH)
-    size = (width + 1) * rows  # each row: filter byte 0, then the pixels
-    adler32 = ((size % 65521) << 16) | 1  # of `size` zero bytes
-    idat = b"\x78\xda" + block * (rows // per_block) + tail + struct.pack(">I", adler32)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-    return path
-
-
 # Peak RSS (resource.getrusage) of one child, measured in a fresh interpreter between the test and the child
 # so that no other child of the test counts. Everything runs in children: a failure costs no test memory.
 _MEASURE = (
@@ -785,9 +761,9 @@ def _peak_rss_mb(command: list[str]) -> tuple[float, int, str]:
     IMAGES_SECTION,
 )
 def test_decompression_bomb_is_refused_from_its_header(tmp_path):
-    bomb = _png_bomb(tmp_path / "bomb.png", 30000, 30000)
+    bomb = png_bomb(tmp_path / "bomb.png", 30000, 30000)
     assert bomb.stat().st_size < 2**20
-    huge = _png_bomb(tmp_path / "huge.png", 60000, 60000, rows=8)
+    huge = png_bomb(tmp_path / "huge.png", 60000, 60000, rows=8)
     refusal = f"{bomb}: 30000 x 30000 = 900,000,000 pixels, above INPUT.MAX_IMAGE_PIXELS 150000000"
     # The floor: an interpreter with torch and OpenCV imported, nothing else. Their library files count in RSS
     # (0.9 GB with a CUDA build of torch); a decoded bomb would add 2.7 GB (RGB) or 0.9 GB (grey) above it,
@@ -838,7 +814,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
 def test_a_header_above_opencvs_limit_is_one_skipped_file(tmp_path, capsys):
     folder = tmp_path / "in"
     _image(folder / "b_good.png")
-    huge = _png_bomb(folder / "a_huge.png", 60000, 60000, rows=8)
+    huge = png_bomb(folder / "a_huge.png", 60000, 60000, rows=8)
     with pytest.raises(SystemExit) as err:
         demo.main(["--images-dir", str(folder), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"])
     assert str(err.value) == f"demo.py: 1 of 2 images could not be read and were skipped: {huge}"
@@ -859,7 +835,7 @@ def test_a_header_above_opencvs_limit_is_one_skipped_file(tmp_path, capsys):
 def test_size_above_pillows_limit_comes_from_the_header(tmp_path, monkeypatch):
     from ssd.data.datasets import image_files
 
-    big = _png_bomb(tmp_path / "big.png", 14000, 14000, rows=8)
+    big = png_bomb(tmp_path / "big.png", 14000, 14000, rows=8)
     _image(tmp_path / "small.png")
 
     def no_decode(*args, **kwargs):
@@ -1094,7 +1070,7 @@ def test_handler_answers_each_request_of_a_batch(tmp_path):
 
     image = next(demo.synthetic_images())[1]  # uint8 (300, 300, 3) RGB
     png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
-    bomb = _png_bomb(tmp_path / "bomb.png", 15000, 10001, rows=8).read_bytes()  # 1 row over 150 M pixels
+    bomb = png_bomb(tmp_path / "bomb.png", 15000, 10001, rows=8).read_bytes()  # 1 row over 150 M pixels
     batch = [
         {"body": png},
         {"body": b"not an image"},

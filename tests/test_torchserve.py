@@ -204,11 +204,23 @@ def test_served_json_equals_local_detections(server):
     _assert_detections_equal(_post(f"{url}/predictions/ssd", text, "text/plain"), images[0])
 
 
-def test_a_body_that_is_not_an_image_is_an_error(server):
+def test_a_body_that_is_not_an_image_is_an_error(server, tmp_path):
+    from image_fakes import png_bomb
+
     url, _ = server
     with pytest.raises(urllib.error.HTTPError) as err:
         _post(f"{url}/predictions/ssd", b"not an image")
     assert err.value.code == 400
+    # A PNG whose header says 60000 x 60000 (OpenCV alone would raise): refused from the header, 413.
+    bomb = png_bomb(tmp_path / "bomb.png", 60000, 60000, rows=8).read_bytes()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _post(f"{url}/predictions/ssd", bomb)
+    assert err.value.code == 413
+    assert json.loads(err.value.read()) == {
+        "error": f"the request image ({len(bomb)} bytes): 60000 x 60000 = 3,600,000,000 pixels, above "
+        "INPUT.MAX_IMAGE_PIXELS 150000000; not decoded. Downscale the image, or raise INPUT.MAX_IMAGE_PIXELS "
+        "(0 = no limit)"
+    }
 
 
 def test_a_bad_request_does_not_fail_the_good_one_in_its_batch(server):
