@@ -14,8 +14,11 @@ them, so it works on a fresh machine without any download.
 
 Every image prints its times: load (read + resize + normalise), inference (network + post-processing) and
 draw (drawing + writing); the last line gives the mean FPS of the inference alone, as lufficc/SSD does.
-An image that cannot be read is reported on its own line and skipped; the others are still processed, and
-the demo then exits with status 1, naming the skipped files.
+An image that cannot be read (corrupt, or above INPUT.MAX_IMAGE_PIXELS: its size is read from the header,
+nothing is decoded) is reported on its own line and skipped; the others are still processed, and the demo
+then exits with status 1, naming the skipped files. --images-dir takes every file whose suffix is one of
+IMAGE_SUFFIXES (the formats OpenCV reads); other files there (.svg, .heic, .txt, ...) are counted and named on
+one line, and do not change the exit status.
 
 Where a model goes wrong (false positives by kind, missed objects, with pictures) needs labels: test.py writes
 an HTML report per evaluated dataset (`ssd/evaluation/report.py`; the no-argument run prints the command).
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from ssd.config.loading import ConfigError
-from ssd.data.datasets.base import read_image_rgb
+from ssd.data.datasets.image_files import read_image_rgb
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.transforms import build_transforms
 from ssd.engine.runtime import add_backend_arguments, build_backend
@@ -44,7 +47,12 @@ from ssd.modeling.model_zoo import MODEL_ZOO, LoadedDetector, load_detector
 from ssd.modeling.weights import WeightsError
 from ssd.utils.visualize import draw_boxes, write_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# What OpenCV's image readers decode (cv2.imread's documentation; GIF from OpenCV 4.11, AVIF when built with
+# it). A file that this OpenCV build cannot decode after all is reported and skipped like a corrupt one.
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif", ".avif",
+    ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".pfm",
+)  # fmt: skip
 # Seeds of the built-in shapes datasets are 1 (train), 2 (val), 3 (test): the demo's images are new to the model.
 DEMO_SEED = 2024
 DEMO_NUM_IMAGES = 8
@@ -69,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ckpt", default=None, help="checkpoint file, URL or model zoo name (default: the bundled model)"
     )
-    parser.add_argument("--images-dir", "--images_dir", default=None, help="every .jpg/.jpeg/.png/.bmp in it")
+    parser.add_argument(
+        "--images-dir", "--images_dir", default=None, help="every image in it (.jpg, .png, .webp, .tif, ...)"
+    )
     parser.add_argument(
         "--video", default=None, metavar="FILE", help="a video file, annotated frame by frame"
     )
@@ -107,6 +117,7 @@ class Detector:
         self.loaded = loaded
         self.score_threshold = score_threshold
         cfg = loaded.cfg
+        self.max_image_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
         self.transform = build_transforms(cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train=False)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -141,9 +152,20 @@ def list_images(images_dir: str | None, files: list[str]) -> list[Path]:
         folder = Path(images_dir)
         if not folder.is_dir():
             raise SystemExit(f"demo.py: images folder not found: {folder}")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files_there = sorted(p for p in folder.iterdir() if p.is_file())
+        paths = [p for p in files_there if p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p.name for p in files_there if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not paths:
-            raise SystemExit(f"demo.py: no {'/'.join(IMAGE_SUFFIXES)} images in {folder}")
+            raise SystemExit(
+                f"demo.py: no images in {folder} (suffixes {' '.join(IMAGE_SUFFIXES)}); "
+                f"{len(others)} other files"
+            )
+        if others:
+            print(
+                f"demo.py: {len(others)} files in {folder} are not images OpenCV reads (by suffix) and are "
+                f"skipped: {', '.join(others[:10])}{' ...' if len(others) > 10 else ''}",
+                file=sys.stderr,
+            )
     for name in files:
         if not Path(name).is_file():
             raise SystemExit(f"demo.py: image not found: {name}")
@@ -170,8 +192,8 @@ def run_on_images(detector: Detector, sources, output_dir: Path) -> list[dict]:
         start = time.perf_counter()
         if isinstance(source, Path):
             try:
-                name, image = source.name, read_image_rgb(source)
-            except OSError as err:  # corrupt, not an image, or deleted since it was listed
+                name, image = source.name, read_image_rgb(source, detector.max_image_pixels)
+            except OSError as err:  # corrupt, not an image, too many pixels, or deleted since it was listed
                 print(f"({i:04d}/{len(sources):04d}) {source.name}: skipped, {err}", file=sys.stderr)
                 skipped.append(str(source))
                 continue

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from image_fakes import png_bomb
 from test_train_e2e import TINY
 from train_fakes import NaNGradientAt
 
@@ -45,24 +46,35 @@ import test as test_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 
 DOC = REPO / "docs" / "bad_inputs.md"
-TABLE_START, TABLE_END = "<!-- cases: start -->", "<!-- cases: end -->"
 HEADER = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
 
 BAD_INPUTS: dict[str, tuple[str, str]] = {}  # case id -> (bad input, what the package does)
+# Tables of docs/bad_inputs.md, each between "<!-- cases{section}: start -->" and "... end -->"; "" is the first.
+SECTIONS: dict[str, str] = {}  # case id -> its table's section
+IMAGES_SECTION = " images"  # round two: images, ONNX files and serving
 
 
-def case(case_id: str, bad_input: str, outcome: str):
-    """Register one row of docs/bad_inputs.md for the decorated test."""
+def case(case_id: str, bad_input: str, outcome: str, section: str = ""):
+    """Register one row of docs/bad_inputs.md (the table of `section`) for the decorated test."""
 
     def register(test):
         BAD_INPUTS[case_id] = (bad_input, outcome)
+        SECTIONS[case_id] = section
         return test
 
     return register
 
 
-def render_table() -> str:
-    rows = [f"| `{cid}` | {bad} | {outcome} |" for cid, (bad, outcome) in sorted(BAD_INPUTS.items())]
+def table_markers(section: str = "") -> tuple[str, str]:
+    return f"<!-- cases{section}: start -->", f"<!-- cases{section}: end -->"
+
+
+def render_table(section: str = "") -> str:
+    rows = [
+        f"| `{cid}` | {bad} | {outcome} |"
+        for cid, (bad, outcome) in sorted(BAD_INPUTS.items())
+        if SECTIONS[cid] == section
+    ]
     return "\n".join(["| case | bad input | what happens |", "|---|---|---|", *rows])
 
 
@@ -674,18 +686,447 @@ def test_test_py_errors_are_one_line_and_empty_datasets_are_named(tmp_path):
     assert str(err.value).startswith("test.py: dataset 'empty' (DATASETS.TEST / DATASETS.VAL) is empty")
 
 
+# ----- round two: images, ONNX files and serving ---------------------------------------------------------------
+
+
+# Peak RSS (resource.getrusage) of one child, measured in a fresh interpreter between the test and the child
+# so that no other child of the test counts. Everything runs in children: a failure costs no test memory.
+_MEASURE = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'EXIT', code)"
+)
+_CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+_DATASET_CHILD = """
+import sys
+from ssd.config import get_cfg
+from ssd.data.build import build_dataset
+from ssd.data.datasets import CSVDataset, DatasetError
+csv_file, folder = sys.argv[1:3]
+cfg = get_cfg()
+cfg.merge_from_list(["DATASETS.REGISTER", (f"bombs:csv:{csv_file}:{folder}",), "MODEL.NUM_CLASSES", 2])
+try:
+    build_dataset(cfg, ["bombs"], is_train=True)
+except DatasetError as err:
+    print("BUILD:", err)
+try:  # built without a config: the default limit applies when the image is loaded
+    CSVDataset(csv_file, folder).load_image(0)
+except OSError as err:
+    print("LOAD:", err)
+"""
+_HANDLER_CHILD = """
+import sys
+sys.path.insert(0, "tools/serve")
+from ssd_handler import SSDHandler
+class Context:  # what TorchServe passes: per-request statuses
+    status = {}
+    def set_response_status(self, code, phrase="", idx=0):
+        self.status[idx] = code
+context = Context()
+# No model is loaded: a batch whose requests are all refused never reaches the network.
+answers = SSDHandler().handle([{"body": open(name, "rb").read()} for name in sys.argv[1:]], context)
+for index, answer in enumerate(answers):
+    print("STATUS", context.status[index], answer["error"])
+"""
+
+
+def _peak_rss_mb(command: list[str]) -> tuple[float, int, str]:
+    """(peak RSS in MB, exit status, stdout + stderr) of `command` run in a child from the repository root."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command],
+        cwd=REPO, env=_CHILD_ENV, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    found = re.search(r"PEAK_KB (\d+) EXIT (-?\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return int(found[1]) / 1024, int(found[2]), result.stdout + result.stderr
+
+
+@case(
+    "pixels-bomb-demo",
+    "`demo.py` on a PNG of 30000 x 30000 pixels under 1 MB (2.7 GB decoded)",
+    "refused from its header: one line naming the file, its size and INPUT.MAX_IMAGE_PIXELS; exit status 1; "
+    "nothing decoded (peak memory of the run measured)",
+    IMAGES_SECTION,
+)
+@case(
+    "pixels-bomb-dataset",
+    "the same PNG in a dataset",
+    "error when the dataset is built, naming the file, its size and INPUT.MAX_IMAGE_PIXELS; a dataset made "
+    "without a config refuses it when loaded (default limit)",
+    IMAGES_SECTION,
+)
+@case(
+    "pixels-bomb-handler",
+    "the same PNG, and a 60000 x 60000 header, POSTed to the TorchServe handler",
+    "that request answered 413 with the message; nothing decoded",
+    IMAGES_SECTION,
+)
+def test_decompression_bomb_is_refused_from_its_header(tmp_path):
+    bomb = png_bomb(tmp_path / "bomb.png", 30000, 30000)
+    assert bomb.stat().st_size < 2**20
+    huge = png_bomb(tmp_path / "huge.png", 60000, 60000, rows=8)
+    refusal = f"{bomb}: 30000 x 30000 = 900,000,000 pixels, above INPUT.MAX_IMAGE_PIXELS 150000000"
+    # The floor: an interpreter with torch and OpenCV imported, nothing else. Their library files count in RSS
+    # (0.9 GB with a CUDA build of torch); a decoded bomb would add 2.7 GB (RGB) or 0.9 GB (grey) above it,
+    # while each refusing run stays within 0.5 GB of it (its model, ONNX Runtime), so under 1 GB of its own.
+    floor, _, _ = _peak_rss_mb([sys.executable, "-c", "import cv2, torch, PIL.Image"])
+
+    demo_peak, status, output = _peak_rss_mb(
+        [sys.executable, "demo.py", str(bomb), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]
+    )
+    assert status == 1 and f"bomb.png: skipped, {refusal}" in output, output
+    assert f"demo.py: 1 of 1 images could not be read and were skipped: {bomb}" in output
+
+    (tmp_path / "a.csv").write_text(HEADER + "bomb.png,30000,30000,cat,1,1,9,9\n")
+    dataset_peak, status, output = _peak_rss_mb(
+        [sys.executable, "-c", _DATASET_CHILD, str(tmp_path / "a.csv"), str(tmp_path)]
+    )
+    assert status == 0, output
+    assert (
+        f"BUILD: CSV {tmp_path / 'a.csv'}: 1 of 1 images have more pixels than INPUT.MAX_IMAGE_PIXELS "
+        "150000000: bomb.png 30000 x 30000. Downscale them, raise INPUT.MAX_IMAGE_PIXELS (0 = no limit), or "
+        "remove them from the annotations." in output
+    ), output
+    assert f"LOAD: {refusal}" in output
+
+    handler_peak, status, output = _peak_rss_mb([sys.executable, "-c", _HANDLER_CHILD, str(bomb), str(huge)])
+    assert status == 0, output
+    assert (
+        f"STATUS 413 the request image ({bomb.stat().st_size} bytes): 30000 x 30000 = 900,000,000 pixels"
+        in output
+    )
+    assert (
+        f"STATUS 413 the request image ({huge.stat().st_size} bytes): 60000 x 60000 = 3,600,000,000 pixels"
+        in output
+    )
+    for name, peak in (("demo.py", demo_peak), ("dataset", dataset_peak), ("handler", handler_peak)):
+        assert peak - floor < 512, (
+            f"{name}: peak {peak:.0f} MB, {peak - floor:.0f} MB above the floor {floor:.0f} MB"
+        )
+
+
+@case(
+    "pixels-header-60000",
+    "`demo.py` on a folder holding a PNG whose header says 60000 x 60000 (above OpenCV's own 2^30 limit)",
+    "that file is named and skipped, the others are written, exit status 1; with INPUT.MAX_IMAGE_PIXELS 0 "
+    "OpenCV's refusal becomes an error naming the file, not a `cv2.error`",
+    IMAGES_SECTION,
+)
+def test_a_header_above_opencvs_limit_is_one_skipped_file(tmp_path, capsys):
+    folder = tmp_path / "in"
+    _image(folder / "b_good.png")
+    huge = png_bomb(folder / "a_huge.png", 60000, 60000, rows=8)
+    with pytest.raises(SystemExit) as err:
+        demo.main(["--images-dir", str(folder), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"])
+    assert str(err.value) == f"demo.py: 1 of 2 images could not be read and were skipped: {huge}"
+    assert (
+        f"a_huge.png: skipped, {huge}: 60000 x 60000 = 3,600,000,000 pixels, above" in capsys.readouterr().err
+    )
+    assert cv2.imread(str(tmp_path / "out" / "b_good.png")) is not None
+    with pytest.raises(OSError, match=rf"cannot decode image {re.escape(str(huge))}: OpenCV refuses it"):
+        read_image_rgb(huge, max_pixels=0)
+
+
+@case(
+    "pixels-above-pillow-limit",
+    "a PNG header of 14000 x 14000 (above Pillow's own 179 M pixel limit, under OpenCV's)",
+    "its size is read from the header, never by decoding the file; refused as `pixels-bomb-dataset`",
+    IMAGES_SECTION,
+)
+def test_size_above_pillows_limit_comes_from_the_header(tmp_path, monkeypatch):
+    from ssd.data.datasets import image_files
+
+    big = png_bomb(tmp_path / "big.png", 14000, 14000, rows=8)
+    _image(tmp_path / "small.png")
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the image was decoded to read its size")
+
+    monkeypatch.setattr(image_files.cv2, "imdecode", no_decode)
+    assert image_files.image_size_from_file(big) == (14000, 14000)
+    (tmp_path / "a.csv").write_text(HEADER + "small.png,96,64,cat,1,1,9,9\nbig.png,14000,14000,cat,1,1,9,9\n")
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATASETS.REGISTER", (f"t:csv:{tmp_path / 'a.csv'}:{tmp_path}",)])
+    with pytest.raises(DatasetError, match=r": 1 of 2 images have more pixels .* big\.png 14000 x 14000\. "):
+        build_dataset(cfg, ["t"], is_train=True)
+
+
+@case(
+    "pixels-setting",
+    "INPUT.MAX_IMAGE_PIXELS below an image of the dataset; 0; a negative value",
+    "error naming the file, its size and the key; 0 = no limit (the image loads); negative: error naming the key",
+    IMAGES_SECTION,
+)
+@case(
+    "pixels-grown-after-start",
+    "an image replaced, after the dataset was built, by one above INPUT.MAX_IMAGE_PIXELS",
+    "refused when loaded (an `OSError` naming the file, its size and the key), never decoded",
+    IMAGES_SECTION,
+)
+def test_the_pixel_limit_is_the_configs(tmp_path):
+    from ssd.config import load_config
+    from ssd.data.datasets.image_files import ImageTooLargeError
+
+    _image(tmp_path / "a.png", width=96, height=64)  # 6144 pixels
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\n")
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["DATASETS.REGISTER", (f"t:csv:{tmp_path / 'a.csv'}:{tmp_path}",), "INPUT.MAX_IMAGE_PIXELS", 6143]
+    )
+    with pytest.raises(
+        DatasetError, match=r"1 of 1 images have more pixels than INPUT.MAX_IMAGE_PIXELS 6143: a.png 96 x 64"
+    ):
+        build_dataset(cfg, ["t"], is_train=True)
+    cfg.merge_from_list(["INPUT.MAX_IMAGE_PIXELS", 0])
+    assert build_dataset(cfg, ["t"], is_train=False).load_image(0).shape == (64, 96, 3)
+    cfg.merge_from_list(["INPUT.MAX_IMAGE_PIXELS", 6144])
+    dataset = build_dataset(cfg, ["t"], is_train=False)
+    assert dataset.load_image(0).shape == (64, 96, 3)
+    _image(tmp_path / "a.png", width=97, height=64)  # the file changes after start-up
+    with pytest.raises(
+        ImageTooLargeError, match=r"a\.png: 97 x 64 = 6,208 pixels, above INPUT.MAX_IMAGE_PIXELS 6144;"
+    ):
+        dataset.load_image(0)
+    assert issubclass(ImageTooLargeError, OSError)  # handled as any image that cannot be read
+    with pytest.raises(ConfigError, match=r"INPUT.MAX_IMAGE_PIXELS must be >= 0 \(0 = no limit\), got -1"):
+        load_config("", ["INPUT.MAX_IMAGE_PIXELS", "-1"])
+
+
+@case(
+    "demo-folder-formats",
+    "`demo.py --images-dir` with .webp, .tif and .gif images beside a .svg and a .txt file",
+    "every format OpenCV reads is processed; the other files are counted and named on one line (exit status 0)",
+    IMAGES_SECTION,
+)
+def test_demo_reads_every_opencv_format_and_names_the_rest(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    _image(folder / "a.webp")
+    _image(folder / "b.tif")
+    Image.new("RGB", (96, 64), (90, 90, 90)).save(folder / "c.gif")
+    (folder / "d.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (folder / "notes.txt").write_text("labelled by hand")
+    results = demo.main(
+        ["--images-dir", str(folder), "--output-dir", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]
+    )
+    assert [r["name"] for r in results] == ["a.webp", "b.tif", "c.gif"]
+    err = capsys.readouterr().err
+    assert (
+        f"demo.py: 2 files in {folder} are not images OpenCV reads (by suffix) and are skipped: d.svg, notes.txt"
+        in err
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_files(tmp_path_factory):
+    """A tiny 4-class checkpoint (tiny.pth, its config beside it) and ONNX files that do not fit it: 6 classes,
+    128 x 128 inputs (TINY is 96), and a text file."""
+    from ssd.engine.runtime import export_onnx
+    from ssd.modeling import build_detection_model
+
+    folder = tmp_path_factory.mktemp("onnx")
+    cfg = get_cfg()
+    cfg.merge_from_list(list(TINY))
+    torch.save({"model": build_detection_model(cfg).state_dict()}, folder / "tiny.pth")
+    (folder / "tiny.yaml").write_text(cfg.dump())
+    other_classes = cfg.clone()
+    other_classes.merge_from_list(["MODEL.NUM_CLASSES", 6])
+    export_onnx(build_detection_model(other_classes).eval(), 96, folder / "classes6.onnx")
+    other_size = cfg.clone()
+    other_size.merge_from_list(
+        ["INPUT.IMAGE_SIZE", 128, "MODEL.PRIORS.FEATURE_MAPS", [8, 4, 2, 1, 1, 1],
+         "MODEL.PRIORS.STRIDES", [16, 32, 64, 128, 128, 128]]
+    )  # fmt: skip
+    export_onnx(build_detection_model(other_size).eval(), 128, folder / "size128.onnx")
+    (folder / "notes.onnx").write_text("not a network")
+    return folder
+
+
+@case(
+    "onnx-other-classes",
+    "`--onnx` exported for 6 classes with a 4-class checkpoint (`demo.py`, `test.py`, `tools/serve/archive.py`)",
+    "one line naming the file and both class counts, exit status 1; nothing drawn, scored or packed",
+    IMAGES_SECTION,
+)
+@case(
+    "onnx-other-input-size",
+    "`--onnx` exported for 128 x 128 inputs with a 96 x 96 config",
+    "one line naming the file, its input size and INPUT.IMAGE_SIZE, exit status 1",
+    IMAGES_SECTION,
+)
+@case(
+    "onnx-not-onnx",
+    "`--onnx` naming a file that is not ONNX",
+    "one line naming the file and ONNX Runtime's reason (`InvalidProtobuf`), exit status 1",
+    IMAGES_SECTION,
+)
+def test_an_onnx_file_of_another_model_is_refused(tiny_onnx_files, tmp_path):
+    sys.path.insert(0, str(REPO / "tools" / "serve"))
+    import archive  # tools/serve/archive.py
+
+    folder = tiny_onnx_files
+    expected = {
+        "classes6.onnx": f"{folder / 'classes6.onnx'} predicts 6 classes (background included) but the model has 4",
+        "size128.onnx": f"{folder / 'size128.onnx'} takes 128 x 128 images but INPUT.IMAGE_SIZE is 96",
+        "notes.onnx": f"{folder / 'notes.onnx'}: ONNX Runtime cannot load it (InvalidProtobuf: ",
+    }
+    exported = archive.export_tool.export(None, str(folder / "tiny.pth"), "onnx", tmp_path / "tiny.onnx")
+    for name, message in expected.items():
+        onnx = str(folder / name)
+        with pytest.raises(SystemExit) as err:
+            demo.main(["--ckpt", str(folder / "tiny.pth"), "--backend", "onnxruntime", "--onnx", onnx,
+                       "--output-dir", str(tmp_path / "demo")])  # fmt: skip
+        assert str(err.value).startswith(f"demo.py: {message}"), err.value
+        with pytest.raises(SystemExit) as err:
+            test_cli.main(["--config-file", str(folder / "tiny.yaml"), "--ckpt", str(folder / "tiny.pth"),
+                           "--backend", "onnxruntime", "--onnx", onnx, "--output-dir", str(tmp_path / "test"),
+                           "DATASETS.TEST", "('tiny_val',)"])  # fmt: skip
+        assert str(err.value).startswith(f"test.py: {message}"), err.value
+        with pytest.raises(ValueError, match=re.escape(message)):
+            archive.check_onnx_file(onnx, exported["serving"], exported["priors"])
+    assert not (tmp_path / "demo").exists()
+    if Path(sys.executable).with_name("torch-model-archiver").is_file():  # the `serve` extra
+        with pytest.raises(SystemExit) as err:
+            archive.main(["--ckpt", str(folder / "tiny.pth"), "--onnx", str(folder / "classes6.onnx"),
+                          "--export-path", str(tmp_path / "store")])  # fmt: skip
+        assert str(err.value).startswith(f"archive.py: {expected['classes6.onnx']}")
+        assert not list((tmp_path / "store").glob("*.mar"))
+
+
+@case(
+    "threads-not-positive",
+    "`--threads 0` or `--threads -1` (`demo.py`, `test.py`)",
+    "argparse's one-line usage error naming --threads, exit status 2",
+    IMAGES_SECTION,
+)
+def test_threads_must_be_positive(capsys):
+    for parse, value in ((demo.parse_args, "0"), (test_cli.parse_args, "-1"), (demo.parse_args, "two")):
+        with pytest.raises(SystemExit) as err:
+            parse(["--config-file", "x.yaml", "--threads", value])
+        assert err.value.code == 2
+        assert f"argument --threads: must be an integer >= 1, got '{value}'" in capsys.readouterr().err
+    assert demo.parse_args(["--threads", "3"]).threads == 3
+
+
+class _ServeContext:
+    """What TorchServe hands a handler: the model folder, and per-request response statuses."""
+
+    def __init__(self, model_dir: Path):
+        self.system_properties = {"model_dir": str(model_dir)}
+        self.status: dict[int, tuple[int, str]] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status[idx] = (code, phrase)
+
+
+@case(
+    "serve-not-an-image",
+    "a TorchServe request whose body is not an image, in a batch with good ones",
+    "that request: 400 with a message; the others of the batch: their detections",
+    IMAGES_SECTION,
+)
+@case(
+    "serve-empty-body",
+    "a TorchServe request with an empty body",
+    "400 for it alone, as `serve-not-an-image`",
+    IMAGES_SECTION,
+)
+@case(
+    "serve-json-body",
+    "a TorchServe request with a JSON object body; base64 text that does not decode",
+    "400 for it alone, the message says what to send",
+    IMAGES_SECTION,
+)
+@case(
+    "serve-base64-body",
+    "a TorchServe request whose body is the image as base64 text (as TorchServe's image handlers take)",
+    "accepted: the same detections as the image's bytes",
+    IMAGES_SECTION,
+)
+@case(
+    "serve-too-many-pixels",
+    "a TorchServe request above the archive's pixel limit (INPUT.MAX_IMAGE_PIXELS, in serving.json)",
+    "413 for it alone, naming its size and the setting",
+    IMAGES_SECTION,
+)
+def test_handler_answers_each_request_of_a_batch(tmp_path):
+    import base64
+    import shutil
+
+    sys.path.insert(0, str(REPO / "tools" / "serve"))
+    import archive  # tools/serve/archive.py
+    from ssd_handler import SSDHandler
+
+    from ssd.modeling.model_zoo import load_detector
+
+    paths = archive.export_tool.export(None, None, "onnx", tmp_path / "export" / "shapes.onnx")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for kind, name in (("model", "model.onnx"), ("serving", "serving.json"), ("priors", "priors.npy")):
+        shutil.copyfile(paths[kind], model_dir / name)
+    assert json.loads((model_dir / "serving.json").read_text())["max_image_pixels"] == 150_000_000
+    handler, context = SSDHandler(), _ServeContext(model_dir)
+    handler.initialize(context)
+
+    image = next(demo.synthetic_images())[1]  # uint8 (300, 300, 3) RGB
+    png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    bomb = png_bomb(tmp_path / "bomb.png", 15000, 10001, rows=8).read_bytes()  # 1 row over 150 M pixels
+    batch = [
+        {"body": png},
+        {"body": b"not an image"},
+        {"body": b""},
+        {"body": {"image": "cat.jpg"}},  # TorchServe parses an application/json body
+        {"body": "not base64!"},
+        {"data": base64.b64encode(png).decode()},
+        {"body": bomb},
+    ]
+    answers = handler.handle(batch, context)
+    assert len(answers) == len(batch)
+    expected_status = {1: 400, 2: 400, 3: 400, 4: 400, 6: 413}
+    assert {index: code for index, (code, _) in context.status.items()} == expected_status
+    for index in expected_status:
+        assert answers[index]["error"] == context.status[index][1]
+    assert "corrupt or not an image" in answers[1]["error"]
+    assert answers[2]["error"].startswith("the request body is empty")
+    assert answers[3]["error"].startswith("the request body is JSON (dict), not an image")
+    assert answers[4]["error"].startswith("the request body is text (11 characters) but not base64")
+    assert (
+        f"({len(bomb)} bytes): 15000 x 10001 = 150,015,000 pixels, above INPUT.MAX_IMAGE_PIXELS 150000000"
+        in answers[6]["error"]
+    )
+
+    loaded = load_detector(None, None, ["MODEL.DEVICE", "cpu"])
+    local = demo.Detector(loaded, score_threshold=0.0)  # the eager model: all detections, as the handler's
+    with torch.no_grad():
+        expected = local.detect(local.prepare(image), *image.shape[:2])
+    assert len(expected["scores"]) > 0
+    for index in (0, 5):
+        detections = answers[index]["detections"]
+        assert answers[index]["image_size"] == [300, 300]
+        assert [d["class_id"] for d in detections] == expected["labels"].tolist()
+        np.testing.assert_allclose([d["score"] for d in detections], expected["scores"], atol=1e-4)
+        np.testing.assert_allclose([d["box_xyxy"] for d in detections], expected["boxes"], atol=1e-2)
+
+
 # ----- the documented table ------------------------------------------------------------------------------------------
 
 
 def test_docs_table_lists_every_case():
     text = DOC.read_text()
-    table = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
-    assert table == render_table(), "docs/bad_inputs.md is stale: run `python tests/test_bad_inputs.py`"
+    for section in sorted(set(SECTIONS.values())):
+        start, end = table_markers(section)
+        table = text.split(start)[1].split(end)[0].strip()
+        assert table == render_table(section), (
+            "docs/bad_inputs.md is stale: run `python tests/test_bad_inputs.py`"
+        )
 
 
-if __name__ == "__main__":  # rewrite the table in docs/bad_inputs.md
+if __name__ == "__main__":  # rewrite the tables in docs/bad_inputs.md
     text = DOC.read_text()
-    before, rest = text.split(TABLE_START)
-    after = rest.split(TABLE_END)[1]
-    DOC.write_text(f"{before}{TABLE_START}\n{render_table()}\n{TABLE_END}{after}")
+    for section in sorted(set(SECTIONS.values())):
+        start, end = table_markers(section)
+        before, rest = text.split(start)
+        after = rest.split(end)[1]
+        text = f"{before}{start}\n{render_table(section)}\n{end}{after}"
+    DOC.write_text(text)
     print(f"wrote {len(BAD_INPUTS)} cases to {DOC}")

@@ -183,6 +183,7 @@ def export(
         "max_per_class": cfg.TEST.MAX_PER_CLASS,
         "max_per_image": cfg.TEST.MAX_PER_IMAGE,
         "class_names": list(loaded.class_names),
+        "max_image_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
     }
     paths["serving"].write_text(json.dumps(serving, indent=2))
     return paths

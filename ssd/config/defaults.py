@@ -110,6 +110,13 @@ _C.INPUT.PIXEL_MEAN = [123, 117, 104]
 # or "auto": train.py picks "crop" when the zoom-out would shrink most boxes of some class out of reach of the
 # finest priors, else "ssd", and logs the choice (ssd/modeling/prior_fitting.py, choose_augmentation).
 _C.INPUT.AUGMENTATION = "ssd"
+# (new) Largest image accepted, read from the file's header before anything is decoded: datasets (checked
+# when built: one error naming every larger file), demo.py (the file is skipped and named) and the
+# TorchServe handler (answered 413). A PNG of one colour, 30000 x 30000, is under 1 MB on disk but 2.7 GB
+# decoded. The default, 150 million (15000 x 10000, 450 MB decoded), passes camera photos (24-100 MP);
+# OpenCV's own limit is 2^30 (1074 million). 0 = no limit but OpenCV's.
+# unit: pixels (width x height). constraint: >= 0.
+_C.INPUT.MAX_IMAGE_PIXELS = 150_000_000
 
 # ---------------------------------------------------------------------------------------------------
 # DATASETS: names resolved by ssd/data/datasets/catalog.py

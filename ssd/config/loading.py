@@ -152,6 +152,10 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"INPUT.AUGMENTATION must be 'ssd', 'crop', 'light', 'none' or 'auto', got {cfg.INPUT.AUGMENTATION!r}"
         )
+    if cfg.INPUT.MAX_IMAGE_PIXELS < 0:
+        raise ConfigError(
+            f"INPUT.MAX_IMAGE_PIXELS must be >= 0 (0 = no limit), got {cfg.INPUT.MAX_IMAGE_PIXELS}"
+        )
     if not 0.0 <= cfg.DATASETS.VAL_FRACTION < 1.0:
         raise ConfigError(f"DATASETS.VAL_FRACTION must be in [0, 1), got {cfg.DATASETS.VAL_FRACTION}")
     if cfg.SOLVER.EPOCHS < 0 or cfg.SOLVER.EVAL_EPOCHS < 0:

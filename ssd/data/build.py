@@ -84,7 +84,8 @@ def build_dataset(
     priors, before INPUT is settled; the training dataset built afterwards decodes them).
 
     Raises:
-        DatasetError: a dataset is empty, or (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
+        DatasetError: a dataset is empty, holds images above INPUT.MAX_IMAGE_PIXELS, or
+            (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
     """
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     if isinstance(names, str):
@@ -109,6 +110,8 @@ def build_dataset(
                 f"dataset {name!r} ({key}) is empty: {getattr(dataset, 'name', name)} has no images; "
                 "check its annotation file or split"
             )
+        if hasattr(dataset, "check_image_pixels"):  # header sizes, read when the dataset was built
+            dataset.check_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
         if cfg.DATASETS.CHECK_IMAGES and not annotations_only and hasattr(dataset, "verify_images"):
             dataset.verify_images()
     return datasets[0] if len(datasets) == 1 else DetectionConcatDataset(datasets)

@@ -16,6 +16,7 @@ logits), and an ONNX file made by `tools/quantize.py` (int8) runs through the sa
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import warnings
@@ -26,6 +27,17 @@ import torch
 from torch import Tensor, nn
 
 BACKENDS = ("pytorch", "onnxruntime")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --threads: an integer >= 1 (0 or -1 would otherwise fail inside torch or ONNX Runtime)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def add_backend_arguments(parser) -> None:
@@ -43,7 +55,10 @@ def add_backend_arguments(parser) -> None:
         help="onnxruntime: this exported or quantized file (default: export the checkpoint now)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for the network (default: the runtime's)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for the network, >= 1 (default: the runtime's)",
     )
 
 
@@ -93,7 +108,8 @@ def export_onnx(detector: nn.Module, image_size: int, path: str | Path | io.Byte
 
 def onnxruntime_session(model: str | Path | bytes, num_threads: int | None = None):
     """An ONNX Runtime CPU session. num_threads: intra-op threads (None: ONNX Runtime's default, one per
-    physical core). Raises ImportError with the install line when onnxruntime is missing."""
+    physical core). Raises ImportError with the install line when onnxruntime is missing, ValueError naming
+    the file when ONNX Runtime cannot load it (not an ONNX file, or a damaged one)."""
     try:
         import onnxruntime
     except ImportError as err:
@@ -106,7 +122,56 @@ def onnxruntime_session(model: str | Path | bytes, num_threads: int | None = Non
     if num_threads is not None:
         options.intra_op_num_threads = num_threads
     source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base
+        name = "the exported network" if isinstance(model, bytes) else str(model)
+        reason = str(err).split(":")[-1].strip() or type(err).__name__
+        raise ValueError(
+            f"{name}: ONNX Runtime cannot load it ({type(err).__name__}: {reason}); is it an ONNX file "
+            "written by tools/export.py or tools/quantize.py?"
+        ) from None
+
+
+def check_onnx_shapes(
+    session, num_priors: int, num_classes: int | None, image_size: int | None, source: str
+) -> None:
+    """Refuse an ONNX network exported for another config: its input side S, its C or its P.
+
+    The exported graph fixes everything but the batch axis (`export_onnx`), so a file exported from another
+    checkpoint would run and give wrong detections ("class 5" of a 4-class model) or fail later. Checked in
+    that order: another input size explains another prior count.
+
+    Args:
+        session: an ONNX Runtime session ("images" (N, 3, S, S) -> "cls_logits" (N, P, C), "offsets" (N, P, 4)).
+        num_priors: P of the config; num_classes: C, background included (None: not checked);
+        image_size: S, INPUT.IMAGE_SIZE (None: not checked); source: the file, for the message.
+    """
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if set(outputs) != {"cls_logits", "offsets"}:
+        raise ValueError(
+            f"{source}: outputs are {sorted(outputs)}, expected cls_logits and offsets "
+            "(a file written by tools/export.py --format onnx)"
+        )
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    side = inputs.get("images", [None] * 4)[2:]
+    if image_size is not None and all(isinstance(v, int) for v in side) and side != [image_size] * 2:
+        raise ValueError(
+            f"{source} takes {side[1]} x {side[0]} images but INPUT.IMAGE_SIZE is {image_size}; "
+            "was it exported from this config? (tools/export.py writes one for it)"
+        )
+    classes = outputs["cls_logits"][2]
+    if num_classes is not None and isinstance(classes, int) and classes != num_classes:
+        raise ValueError(
+            f"{source} predicts {classes} classes (background included) but the model has {num_classes} "
+            "(MODEL.NUM_CLASSES); was it exported from this checkpoint? (tools/export.py writes one for it)"
+        )
+    num_boxes = outputs["cls_logits"][1]
+    if isinstance(num_boxes, int) and num_boxes != num_priors:
+        raise ValueError(
+            f"{source} predicts {num_boxes} boxes but the config gives {num_priors} priors; "
+            "was it exported from this config (INPUT.IMAGE_SIZE, MODEL.PRIORS)?"
+        )
 
 
 class OnnxRuntimeDetector(nn.Module):
@@ -122,6 +187,11 @@ class OnnxRuntimeDetector(nn.Module):
         postprocessor: (cls_logits, offsets, priors_cxcywh, image_sizes) -> detections (the eager
             detector's `PostProcessor`).
         source: what the session was made from, for error messages.
+        num_classes: C of the model the file must come from (None: not checked).
+        image_size: S of the config (None: not checked).
+
+    Raises:
+        ValueError: the file's input size, classes or prior count differ (`check_onnx_shapes`).
     """
 
     def __init__(
@@ -130,24 +200,15 @@ class OnnxRuntimeDetector(nn.Module):
         priors_cxcywh: Tensor,
         postprocessor: Callable[..., list[dict[str, Tensor]]],
         source: str = "the ONNX model",
+        num_classes: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
+        check_onnx_shapes(session, priors_cxcywh.shape[0], num_classes, image_size, source)
         self.session = session
         self.register_buffer("priors_cxcywh", priors_cxcywh.detach().cpu(), persistent=False)
         self.postprocessor = postprocessor
         self.source = source
-        outputs = {o.name: o.shape for o in session.get_outputs()}
-        if set(outputs) != {"cls_logits", "offsets"}:
-            raise ValueError(
-                f"{source}: outputs are {sorted(outputs)}, expected cls_logits and offsets "
-                "(a file written by tools/export.py --format onnx)"
-            )
-        num_boxes = outputs["cls_logits"][1]
-        if isinstance(num_boxes, int) and num_boxes != priors_cxcywh.shape[0]:
-            raise ValueError(
-                f"{source} predicts {num_boxes} boxes but the config gives {priors_cxcywh.shape[0]} priors; "
-                "was it exported from this config (INPUT.IMAGE_SIZE, MODEL.PRIORS)?"
-            )
 
     def predict_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, S, S) float32 -> cls_logits (N, P, C), offsets (N, P, 4), float32 on the CPU."""
@@ -203,7 +264,14 @@ def build_backend(
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path} (write one with tools/export.py)")
         session, source = onnxruntime_session(path, num_threads), str(path)
-    return OnnxRuntimeDetector(session, detector.priors_cxcywh, detector.postprocessor, source).eval()
+    return OnnxRuntimeDetector(
+        session,
+        detector.priors_cxcywh,
+        detector.postprocessor,
+        source,
+        num_classes=getattr(detector, "num_classes", None),
+        image_size=image_size,
+    ).eval()
 
 
 def _on_cpu(module: nn.Module) -> bool:

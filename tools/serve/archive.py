@@ -5,7 +5,8 @@
         --model-name shapes_int8 --export-path outputs/model_store         # an int8 file from tools/quantize.py
 
 The checkpoint is exported with tools/export.py (ONNX, fp32; or --onnx takes an exported or quantized file of
-the same checkpoint), and `torch-model-archiver` (the `serve` extra) packs into <export-path>/<model-name>.mar:
+the same checkpoint: one whose input size, classes or prior count differ from the checkpoint's config is
+refused, as is a file that is not ONNX), and `torch-model-archiver` (the `serve` extra) packs into <export-path>/<model-name>.mar:
 
     model.onnx     the network (serialized file)
     serving.json   input size, pixel mean, variances, thresholds, class names (from the checkpoint's config)
@@ -17,6 +18,7 @@ the same checkpoint), and `torch-model-archiver` (the `serve` extra) packs into 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -30,8 +32,10 @@ if str(REPO_ROOT) not in sys.path:
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 import export as export_tool  # noqa: E402  (tools/export.py)
+import numpy as np  # noqa: E402
 
 from ssd.config.loading import ConfigError  # noqa: E402
+from ssd.engine.runtime import check_onnx_shapes, onnxruntime_session  # noqa: E402
 from ssd.modeling.weights import WeightsError  # noqa: E402
 
 HANDLER = HERE / "ssd_handler.py"
@@ -60,6 +64,7 @@ def build_archive(
         if onnx is not None:
             if not Path(onnx).is_file():
                 raise FileNotFoundError(f"ONNX file not found: {onnx} (write one with tools/export.py)")
+            check_onnx_file(onnx, paths["serving"], paths["priors"])
             shutil.copyfile(onnx, staging / "model.onnx")
         shutil.copyfile(paths["serving"], staging / "serving.json")
         shutil.copyfile(paths["priors"], staging / "priors.npy")
@@ -79,6 +84,16 @@ def build_archive(
     return export_path / f"{model_name}.mar"
 
 
+def check_onnx_file(onnx: str | Path, serving_json: Path, priors_npy: Path) -> None:
+    """ValueError naming `onnx` when it is not ONNX, or its input size, classes or prior count differ from
+    the checkpoint's (serving.json, priors.npy): the server would otherwise answer every request with an error
+    or with classes the model does not have."""
+    serving = json.loads(serving_json.read_text())
+    session = onnxruntime_session(onnx, num_threads=1)
+    num_priors = np.load(priors_npy).shape[0]
+    check_onnx_shapes(session, num_priors, len(serving["class_names"]), serving["image_size"], str(onnx))
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=None, help="YAML config (default: the checkpoint's own)")
@@ -92,7 +107,15 @@ def main(argv: list[str] | None = None) -> Path:
         mar = build_archive(
             args.ckpt, args.export_path, args.model_name, args.config_file, args.onnx, args.opts
         )
-    except (WeightsError, ConfigError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (
+        WeightsError,
+        ConfigError,
+        KeyError,
+        FileNotFoundError,
+        RuntimeError,
+        ValueError,
+        ImportError,
+    ) as err:
         sys.exit(f"archive.py: {err}")
     print(f"archive {mar}")
     return mar

@@ -1,10 +1,11 @@
 """TorchServe handler of an SSD archive built by tools/serve/archive.py (docs/serving.md).
 
 The archive holds the exported network (`model.onnx`, fp32 or int8), `serving.json` (input size, pixel
-mean, variances, thresholds, class names; written by tools/export.py) and `priors.npy` ((P, 4) cx cy w h in
-0..1). Per request (the image file's bytes as the body, or as the form field "data"):
+mean, variances, thresholds, class names, pixel limit; written by tools/export.py) and `priors.npy` ((P, 4)
+cx cy w h in 0..1). Per request (the image file's bytes as the body or as the form field "data", or the same
+bytes as base64 text, as TorchServe's own image handlers accept):
 
-    bytes -> cv2.imdecode -> uint8 (H, W, 3) RGB
+    bytes -> header size (refused above max_image_pixels) -> cv2.imdecode -> uint8 (H, W, 3) RGB
           -> the package's test transform (resize to S x S, minus the pixel mean)   -> (1, 3, S, S)
           -> the network in ONNX Runtime                                            -> cls_logits, offsets
           -> the package's PostProcessor (softmax, decoding, NMS)                   -> detections in H x W pixels
@@ -14,36 +15,70 @@ The pre- and post-processing are `ssd.data.transforms` and `ssd.modeling.postpro
 PyTorch and `test.py --backend onnxruntime` run, so the server's JSON equals the local detections within
 float rounding (tests/test_torchserve.py checks it against a running server). The server's Python therefore
 needs this package installed (`pip install -e ".[serve]"`); the handler reads nothing else from the checkout.
+
+Bad requests are answered one by one: an empty body, a JSON body, base64 text that does not decode, bytes
+that are not an image (400) or an image above the pixel limit (413) get that status and {"error": message}
+(`context.set_response_status`, per request); the other requests of the same batch are answered normally.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from ssd.data.datasets.image_files import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_image_rgb
 from ssd.data.transforms import build_transforms
 from ssd.engine.runtime import OnnxRuntimeDetector, onnxruntime_session
 from ssd.modeling.postprocess import PostProcessor
 
 MODEL_FILE, SERVING_FILE, PRIORS_FILE = "model.onnx", "serving.json", "priors.npy"
+BAD_REQUEST, TOO_LARGE = 400, 413  # HTTP statuses of refused requests
+logger = logging.getLogger(__name__)
 
 
-def _decode(body) -> np.ndarray:
-    """An image file's bytes (a request body) -> uint8 (H, W, 3) RGB; ValueError when it is not an image."""
-    if isinstance(body, str):
-        body = body.encode("latin-1")
-    data = np.frombuffer(bytes(body), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
-    if image is None:
-        raise ValueError(f"the request body ({len(data)} bytes) is not an image that OpenCV can decode")
-    return image
+def decode_request(row: dict, max_pixels: int) -> np.ndarray:
+    """One request of a batch (TorchServe's {"data" or "body": ...}) -> uint8 (H, W, 3) RGB.
+
+    Accepted: the image file's bytes, or base64 text of them. TorchServe hands a JSON body over parsed (a
+    dict or list) and a text body as str.
+
+    Raises:
+        ImageTooLargeError: above `max_pixels` pixels (answered 413). ValueError: anything else (400).
+    """
+    body = row.get("data")
+    if body is None:
+        body = row.get("body")
+    if isinstance(body, str):  # text/plain or a JSON string: base64, as TorchServe's image handlers take it
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                f"the request body is text ({len(body)} characters) but not base64; send the image file's "
+                "bytes (Content-Type application/octet-stream) or base64 text of them"
+            ) from None
+    if body is not None and not isinstance(body, (bytes, bytearray)):
+        raise ValueError(
+            f"the request body is JSON ({type(body).__name__}), not an image; send the image file's bytes "
+            "(Content-Type application/octet-stream) or base64 text of them"
+        )
+    if not body:
+        raise ValueError("the request body is empty; send an image file (JPEG, PNG, ...)")
+    try:
+        return decode_image_rgb(bytes(body), max_pixels, f"the request image ({len(body)} bytes)")
+    except ImageTooLargeError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{err} (OpenCV reads JPEG, PNG, BMP, WebP, TIFF, ...)") from None
 
 
+# TorchServe loads the one class this module defines as the handler: no other class may live here.
 class SSDHandler:
     """initialize(context) once per worker; handle(data, context) per batch of requests (one list entry each)."""
 
@@ -51,6 +86,7 @@ class SSDHandler:
         self.detector: OnnxRuntimeDetector | None = None
         self.class_names: list[str] = []
         self.transform = None
+        self.max_pixels = DEFAULT_MAX_IMAGE_PIXELS
 
     def initialize(self, context) -> None:
         model_dir = Path(context.system_properties["model_dir"])
@@ -68,22 +104,45 @@ class SSDHandler:
             serving["max_per_image"],
         )
         priors_cxcywh = torch.from_numpy(np.load(model_dir / PRIORS_FILE))  # (P, 4)
+        self.class_names = list(serving["class_names"])
+        # Archives made before the limit was written into serving.json get the config's default.
+        self.max_pixels = int(serving.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         self.detector = OnnxRuntimeDetector(
-            session, priors_cxcywh, postprocessor, str(model_dir / MODEL_FILE)
+            session,
+            priors_cxcywh,
+            postprocessor,
+            str(model_dir / MODEL_FILE),
+            num_classes=len(self.class_names),
+            image_size=serving["image_size"],
         )
         self.transform = build_transforms(serving["image_size"], serving["pixel_mean"], is_train=False)
-        self.class_names = list(serving["class_names"])
 
     def handle(self, data: list[dict], context) -> list[dict]:
-        """One JSON-ready dict per request; the requests of a batch run through the network together."""
-        images = [_decode(row.get("data") or row.get("body")) for row in data]
-        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        batch = torch.stack(
-            [self.transform(image, no_boxes, no_labels)[0] for image in images]
-        )  # (N, 3, S, S)
-        with torch.no_grad():
-            results = self.detector(batch, image_sizes=[image.shape[:2] for image in images])
-        return [self._to_json(image.shape[:2], result) for image, result in zip(images, results, strict=True)]
+        """One JSON-ready dict per request: detections, or {"error"} with a 4xx status for that request only;
+        the good requests of a batch run through the network together."""
+        answers: list[dict | None] = [None] * len(data)
+        images, good = [], []
+        for index, row in enumerate(data):
+            try:
+                images.append(decode_request(row, self.max_pixels))
+                good.append(index)
+            except ValueError as err:  # ImageTooLargeError included (a ValueError and an OSError)
+                status = TOO_LARGE if isinstance(err, ImageTooLargeError) else BAD_REQUEST
+                answers[index] = {"error": str(err)}
+                # The reason phrase travels in the HTTP status line: one line of ASCII.
+                phrase = str(err).encode("ascii", "replace").decode().replace("\n", " ")
+                context.set_response_status(status, phrase, index)
+        logger.info("SSDHandler: batch of %d requests, %d refused", len(data), len(data) - len(good))
+        if images:
+            no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+            batch = torch.stack(
+                [self.transform(image, no_boxes, no_labels)[0] for image in images]
+            )  # (N', 3, S, S), the good requests only
+            with torch.no_grad():
+                results = self.detector(batch, image_sizes=[image.shape[:2] for image in images])
+            for index, image, result in zip(good, images, results, strict=True):
+                answers[index] = self._to_json(image.shape[:2], result)
+        return answers
 
     def _to_json(self, size: tuple[int, int], result: dict[str, torch.Tensor]) -> dict:
         detections = [

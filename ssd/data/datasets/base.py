@@ -13,6 +13,9 @@ package relies on (docs/contracts.md, "Datasets") is implemented here once:
   from the file's is given the file's size (boxes are kept as written, in pixels of the file), and the
   mismatches are counted (`num_size_mismatches`) and reported with one logging.warning. `verify_images()`
   decodes every image in full, for the rarer damage a header does not show (DATASETS.CHECK_IMAGES);
+- `check_image_pixels(max_pixels)` (called by build_dataset with INPUT.MAX_IMAGE_PIXELS) refuses, with one
+  DatasetError naming every such file and its size, images whose header gives more pixels than the limit;
+  `load_image` checks the header again before each decode (the file may have changed since);
 - images are decoded with OpenCV into uint8 (H, W, 3) RGB; an unreadable file raises an error naming it.
 
 Reading image files (decoding, header sizes, keeping annotation paths inside the dataset folder) and the
@@ -29,7 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssd.data.datasets.image_files import DatasetError, image_size_from_file, read_image_rgb
+from ssd.data.datasets.image_files import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_IMAGE_PIXELS_KEY,
+    DatasetError,
+    image_size_from_file,
+    read_image_rgb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +95,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     # False for datasets whose `load_image` makes images instead of reading `file_name` (synthetic.py).
     reads_image_files = True
+    # Images with more pixels are refused before decoding (INPUT.MAX_IMAGE_PIXELS; set by check_image_pixels).
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
 
     def __init__(
         self,
@@ -133,7 +144,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 (H, W, 3) RGB image; raises an error naming the file when it cannot be read."""
-        return read_image_rgb(self._records[index]["file_name"])
+        return read_image_rgb(self._records[index]["file_name"], self.max_image_pixels)
 
     @property
     def contiguous_id_to_dataset_id(self) -> dict[int, int]:
@@ -182,6 +193,26 @@ class DetectionDataset(torch.utils.data.Dataset):
                 bad.append(str(error))
         if bad:
             raise self._bad_files_error(bad, len(self), "images cannot be decoded", "Replace these files")
+
+    def check_image_pixels(self, max_pixels: int) -> None:
+        """Refuse images above `max_pixels` (INPUT.MAX_IMAGE_PIXELS; <= 0: no limit), from the sizes the
+        header check read (nothing is opened again); one DatasetError names every such file and its size.
+        `load_image` uses the same limit from then on."""
+        self.max_image_pixels = max_pixels
+        if max_pixels <= 0 or not self.reads_image_files:
+            return
+        too_large = [
+            f"{Path(r['file_name']).name} {r['width']} x {r['height']}"
+            for r in self._records
+            if r["height"] * r["width"] > max_pixels
+        ]
+        if too_large:
+            raise self._bad_files_error(
+                too_large,
+                len(self),
+                f"images have more pixels than {MAX_IMAGE_PIXELS_KEY} {max_pixels}",
+                f"Downscale them, raise {MAX_IMAGE_PIXELS_KEY} (0 = no limit)",
+            )
 
     # ----- image and box checks -------------------------------------------------------------------------
 

@@ -3,16 +3,27 @@
 - `image_path_inside(root, name, source)`: the path an annotation file gives for an image, refused when it
   is absolute or climbs out of the image folder with `..` (an annotation file must not make a run read, and
   train on, any file of the machine).
-- `read_image_rgb(path)`: the decoded uint8 (H, W, 3) RGB image (OpenCV; EXIF orientation applied).
+- `read_image_rgb(path, max_pixels)` / `decode_image_rgb(data, max_pixels, name)`: the decoded uint8
+  (H, W, 3) RGB image (OpenCV; EXIF orientation applied), refused before decoding when its header says it
+  has more than `max_pixels` pixels (INPUT.MAX_IMAGE_PIXELS).
 - `image_size_from_file(path)`: (height, width) of that decoded image, from the file's header when Pillow can
   read it (under 0.2 ms a file on BCCD, a third of a full decode), so every image can be checked when a dataset is built.
+
+The pixel limit: a PNG of one colour, 30000 x 30000, is under 1 MB on disk and 2.7 GB once decoded (OpenCV's
+own limit is 2^30 pixels, 3.2 GB). Every decode in the package (datasets, demo.py, the TorchServe handler)
+goes through `decode_image_rgb`, which reads the size from the header first (Pillow, nothing decoded) and
+raises `ImageTooLargeError` naming the file, its size and the setting. A format whose header Pillow cannot
+read (OpenEXR, Radiance HDR, PFM) is decoded by OpenCV unchecked: OpenCV's 2^30 pixels is its only bound.
 - `DatasetError` (a ValueError): bad annotation or image data, the message naming the file and place;
-  `DatasetFileNotFoundError` is also a FileNotFoundError. train.py and test.py print them as one line.
+  `DatasetFileNotFoundError` is also a FileNotFoundError, `ImageTooLargeError` an OSError (an image that
+  cannot be read, as a corrupt one). train.py and test.py print them as one line.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -24,6 +35,14 @@ from PIL import Image, UnidentifiedImageError
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSPOSED = (5, 6, 7, 8)
 
+# INPUT.MAX_IMAGE_PIXELS's default (ssd/config/defaults.py; tests/test_bad_inputs.py keeps the two equal):
+# 150 million pixels (15000 x 10000; 450 MB decoded), above every camera photo (24-100 megapixels).
+DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
+MAX_IMAGE_PIXELS_KEY = "INPUT.MAX_IMAGE_PIXELS"
+# Pillow refuses to open images above 2 x Image.MAX_IMAGE_PIXELS (179 M pixels) without telling their size;
+# our own limit needs the size, so headers are read with Pillow's check off (nothing is decoded by Pillow).
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
 
 class DatasetError(ValueError):
     """Bad annotation or image data; the message names the file (and line, annotation or value) and the fix."""
@@ -31,6 +50,20 @@ class DatasetError(ValueError):
 
 class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
     """A dataset file or folder that does not exist (both a DatasetError and a FileNotFoundError)."""
+
+
+class ImageTooLargeError(DatasetError, OSError):
+    """An image whose header gives more pixels than INPUT.MAX_IMAGE_PIXELS; nothing was decoded."""
+
+
+def check_image_pixels(height: int, width: int, max_pixels: int, name: str) -> None:
+    """Raise ImageTooLargeError naming `name`, its size and the setting when height x width > max_pixels
+    (max_pixels <= 0: no limit)."""
+    if max_pixels > 0 and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width} x {height} = {height * width:,} pixels, above {MAX_IMAGE_PIXELS_KEY} "
+            f"{max_pixels}; not decoded. Downscale the image, or raise {MAX_IMAGE_PIXELS_KEY} (0 = no limit)"
+        )
 
 
 def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
@@ -54,20 +87,70 @@ def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
     return Path(image_root) / normalised
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
+def read_image_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode an image file into uint8 (H, W, 3) RGB; grey and RGBA files are converted.
 
     np.fromfile + cv2.imdecode instead of cv2.imread: it reads any path (non-ASCII names included) and lets
     us tell "missing" apart from "not an image".
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageTooLargeError: the header gives more than `max_pixels` pixels (<= 0: no limit).
+        OSError: corrupt, or not an image; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetFileNotFoundError(f"image file not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+    return decode_image_rgb(np.fromfile(path, dtype=np.uint8), max_pixels, str(path))
+
+
+def decode_image_rgb(data: bytes | np.ndarray, max_pixels: int, name: str) -> np.ndarray:
+    """An image file's bytes -> uint8 (H, W, 3) RGB, refused from its header when above `max_pixels`.
+
+    Args:
+        data: the encoded file (bytes, or a uint8 array of them).
+        max_pixels: INPUT.MAX_IMAGE_PIXELS; <= 0 leaves only OpenCV's own limit (2^30 pixels).
+        name: the file (or request) named in errors.
+
+    Raises:
+        ImageTooLargeError: too many pixels (nothing decoded). OSError: empty, corrupt, or not an image.
+    """
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if data.size == 0:
+        raise OSError(f"cannot decode image {name}: it is empty (0 bytes)")
+    size = _header_size(io.BytesIO(data.tobytes()))
+    if size is not None:
+        check_image_pixels(*size, max_pixels, name)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
+    except cv2.error as err:  # above OpenCV's own limit (2^30 pixels), or a header it rejects
+        raise OSError(f"cannot decode image {name}: OpenCV refuses it ({str(err).strip()[-120:]})") from None
     if image is None:
-        raise OSError(f"cannot decode image file (corrupt or not an image): {path}")
+        raise OSError(f"cannot decode image file (corrupt or not an image): {name}")
     return image
+
+
+def _header_size(source: str | Path | io.BytesIO) -> tuple[int, int] | None:
+    """(height, width) as decoded (EXIF turns applied) from the header, or None when Pillow cannot read it."""
+    try:
+        with _PILLOW_LIMIT_LOCK:
+            pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
+        with image:
+            width, height = image.size
+            # Pillow's PNG getexif() decodes every pixel to look for an eXIf chunk after them (a 30000 x
+            # 30000 PNG: 900 MB): only an eXIf chunk met before the pixels (where writers put it) is read.
+            exif_in_header = image.format != "PNG" or "exif" in image.info
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION) if exif_in_header else None
+            except Exception:  # noqa: BLE001 - damaged metadata further in the file: the header is what counts
+                orientation = None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None  # a format Pillow does not know, or a damaged header: let OpenCV decide
+    return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
 
 
 def image_size_from_file(path: str | Path) -> tuple[int, int]:
@@ -81,17 +164,8 @@ def image_size_from_file(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise DatasetFileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            try:
-                orientation = image.getexif().get(_EXIF_ORIENTATION)
-            except Exception:  # noqa: BLE001 - damaged metadata further in the file: the header is what counts
-                orientation = None
-        if orientation in _EXIF_TRANSPOSED:
-            width, height = height, width
-        return height, width
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
-        pass  # a format Pillow does not know, or a damaged header: let OpenCV decide
-    height, width = read_image_rgb(path).shape[:2]
+    size = _header_size(path)
+    if size is not None:
+        return size
+    height, width = read_image_rgb(path).shape[:2]  # OpenCV's own pixel limit applies
     return height, width
