@@ -111,6 +111,7 @@ def build_results(runs: list[dict], command: str, train_args: list[str], machine
     summary = {key: summarize([run["metrics"][key] for run in runs]) for key in keys}
     for key in ("wall_s", "cpu_s"):
         summary[key] = summarize([run[key] for run in runs])
+        summary[key.replace("_s", "_min")] = summarize([run[key] / 60 for run in runs])
     return {
         "command": command,
         "train_args": train_args,
