@@ -1,7 +1,7 @@
 """The published-numbers rule of README.md, BENCHMARKS.md and docs/: every measured-looking number is backed.
 
 In those pages, outside fenced or indented code, inline `code`, link targets and HTML comments, every decimal
-(31.4, 0.66) and every number with a unit (5 min, 12 s, 3.1 ms, 4.8 %, 2.2 GB, 3x) must be accounted for by a
+(31.4, 0.66) and every number with a unit (5 min, 12 s, 3.1 ms, 4.8 %, 2.2 GB, 3x; not "640 x 480") must be accounted for by a
 marker on the line(s) right before its block (a paragraph, list or table; a block runs to the next blank line):
 
     <!-- numbers: results/train_default.json results/raccoon.json; given 0.5 0.01; published -->
@@ -26,8 +26,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-UNITS = r"minutes|seconds|hours|min|ms|MiB|GiB|KiB|MB|GB|KB|s|h|%|x"
-NUMBER = re.compile(rf"(?<![\w.])(-?\d++(?:\.\d++)?+)(?![\w.]\d)(?:\s?({UNITS})(?!\w))?")
+UNITS = r"minutes|seconds|hours|min|ms|MiB|GiB|KiB|MB|GB|KB|s|h|%"
+# a ratio's "x" sticks to its number (3x, 0.66x); "30000 x 30000" is a size, not a ratio
+NUMBER = re.compile(rf"(?<![\w.])(-?\d++(?:\.\d++)?+)(?![\w.]\d)(?:\s?({UNITS})(?!\w)|(x)(?!\w))?")
 MARKER = re.compile(r"^\s*<!--\s*(numbers|results):\s*(.*?)\s*-->\s*$")
 RESULTS_FILE = re.compile(r"results/[\w.-]+\.json")
 SHIPPED_MODEL = re.compile(r"models/[\w.-]+\.pth")
@@ -153,7 +154,7 @@ def check_page(
         for offset, raw in enumerate(block.lines):
             where = f"{source}:{block.line + offset}"
             prose = strip_prose(raw)
-            tokens = [m.group(1) for m in NUMBER.finditer(prose) if "." in m.group(1) or m.group(2)]
+            tokens = [m.group(1) for m in NUMBER.finditer(prose) if "." in m.group(1) or m.group(2) or m.group(3)]
             if not tokens:
                 continue
             row_files = RESULTS_FILE.findall(raw) if raw.lstrip().startswith("|") else []
