@@ -208,12 +208,9 @@ def restore_rng_state(rng_per_rank: list[dict[str, Any]] | None) -> None:
 
 
 def _optimizer_class_of(checkpoint: dict[str, Any]) -> str | None:
-    """The optimizer of a checkpoint written before "optimizer_class" was stored: its run's SOLVER.OPTIMIZER
-    (the "config" entry), else recognised from the settings of its parameter groups (SGD has `momentum`,
-    Adam/AdamW `betas`, AdamW with `decoupled_weight_decay` in recent torch). None when unknown."""
-    match = re.search(r"^  OPTIMIZER: (\w+)$", str(checkpoint.get("config", "")), re.MULTILINE)
-    if match:
-        return match.group(1)
+    """The optimizer of a checkpoint written before "optimizer_class" was stored, recognised from the settings
+    of its parameter groups (SGD has `momentum`, Adam/AdamW `betas`; Adam has `decoupled_weight_decay` False
+    in recent torch). None when unknown."""
     groups = (checkpoint.get("optimizer") or {}).get("param_groups") or [{}]
     if "momentum" in groups[0] and "betas" not in groups[0]:
         return "SGD"
