@@ -188,7 +188,12 @@ def run(args: argparse.Namespace) -> int:
     distributed = dist_utils.init_distributed(device.type)  # under torchrun: join the process group
     rank = dist_utils.get_rank()
     output_dir = Path(cfg.OUTPUT_DIR)
-    setup_logger(output_dir, rank)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, not a folder: choose another OUTPUT_DIR")
+    try:
+        setup_logger(output_dir, rank)
+    except OSError as err:  # a parent that is a file, no permission, ...
+        raise ConfigError(f"OUTPUT_DIR {output_dir}: cannot create it or its log.txt ({err})") from None
     logger.info("Config file %s, overrides %s; %d process(es) on %s", args.config_file, opts,
                 dist_utils.get_world_size(), device)  # fmt: skip
 
@@ -304,6 +309,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_message(err: Exception) -> str:
+    """The message of an error as raised, also when a DataLoader worker raised it: the loader re-raises it
+    in this process with its worker traceback as the message; the error's own line is the last one."""
+    text = str(err)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -312,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         return EXIT_NON_FINITE
     except (ConfigError, CheckpointError, WeightsError, DatasetError) as err:
-        logger.error("%s", err)  # before setup_logger, Python's last-resort handler prints it to stderr
+        logger.error("%s", worker_message(err))  # before setup_logger, Python's last-resort handler prints it
         return 1
     finally:
         dist_utils.cleanup_distributed()

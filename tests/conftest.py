@@ -53,7 +53,9 @@ def raccoon_root() -> Path:
 @pytest.fixture
 def raccoon_xml_folder(raccoon_root, tmp_path) -> Path:
     """The raccoon data as the XML-folder layout a labelling tool writes (each XML beside its image), made of
-    symlinks to the real files in tmp_path/raccoon (the shared folder itself is never written)."""
+    symlinks to the real files in tmp_path/raccoon (the shared folder itself is never written). Links that
+    leave their dataset folder are refused unless asked for: read it with DATASETS.FOLLOW_SYMLINKS True
+    (`follow_symlinks=True` in Python)."""
     folder = tmp_path / "raccoon"
     folder.mkdir()
     for path in [*(raccoon_root / "annotations").glob("*.xml"), *(raccoon_root / "images").glob("*.jpg")]:

@@ -154,7 +154,9 @@ def check_page(
         for offset, raw in enumerate(block.lines):
             where = f"{source}:{block.line + offset}"
             prose = strip_prose(raw)
-            tokens = [m.group(1) for m in NUMBER.finditer(prose) if "." in m.group(1) or m.group(2) or m.group(3)]
+            tokens = [
+                m.group(1) for m in NUMBER.finditer(prose) if "." in m.group(1) or m.group(2) or m.group(3)
+            ]
             if not tokens:
                 continue
             row_files = RESULTS_FILE.findall(raw) if raw.lstrip().startswith("|") else []

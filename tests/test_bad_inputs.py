@@ -1108,6 +1108,441 @@ def test_handler_answers_each_request_of_a_batch(tmp_path):
         np.testing.assert_allclose([d["box_xyxy"] for d in detections], expected["boxes"], atol=1e-2)
 
 
+# ----- Round two: annotations and training (issue 20, part A) ---------------------------------------------------
+
+
+@pytest.fixture
+def ssd_log(caplog):
+    """caplog that also sees the "ssd" logger, which setup_logger (train.py) stops from propagating."""
+    ssd_logger = logging.getLogger("ssd")
+    propagate = ssd_logger.propagate
+    ssd_logger.propagate = True
+    caplog.set_level(logging.INFO)
+    yield caplog
+    ssd_logger.propagate = propagate
+
+
+def _warnings(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+@case(
+    "coco-duplicate-image-id",
+    "COCO JSON with two images of the same id (one of them vanished, its boxes landed on the other file)",
+    "error naming the file and the ids; `tools/convert_to_coco.py`: the same, one line, exit status 1",
+)
+@case(
+    "coco-duplicate-annotation-id",
+    "COCO JSON with two annotations of the same id",
+    "error naming the file and the ids",
+)
+@case("coco-no-categories", "COCO JSON without `categories`", "error naming the file and the missing key")
+@pytest.mark.parametrize("fault", ["image-id", "annotation-id", "categories"])
+def test_coco_duplicate_ids_and_missing_categories(tmp_path, fault):
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "b.png")
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2 if fault != "image-id" else 1, "file_name": "b.png"}]
+    annotations = [_ann(5, 1, [1, 1, 9, 9]), _ann(6 if fault != "annotation-id" else 5, 2, [2, 2, 9, 9])]
+    json_file = _coco(tmp_path / "a.json", images, annotations)
+    if fault == "categories":
+        content = json.loads(json_file.read_text())
+        del content["categories"]
+        json_file.write_text(json.dumps(content))
+    expected = {
+        "image-id": r"a\.json: 1 image ids appear more than once \(1\); ids must be unique",
+        "annotation-id": r"a\.json: 1 annotation ids appear more than once \(5\)",
+        "categories": r"a\.json: no 'categories' list",
+    }[fault]
+    with pytest.raises(DatasetError, match=expected):
+        COCODataset(json_file, tmp_path)
+
+
+def _convert_to_coco():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_to_coco", REPO / "tools" / "convert_to_coco.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@case(
+    "convert-existing-output",
+    "`tools/convert_to_coco.py --output` naming a file that exists",
+    "refused, one line, exit status 1, the file untouched; `--overwrite` replaces it",
+)
+def test_convert_to_coco_keeps_an_existing_file_and_reports_duplicate_ids(tmp_path, capsys):
+    convert = _convert_to_coco()
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\n")
+    register = ["DATASETS.REGISTER", f"('mine:csv:{tmp_path / 'a.csv'}:{tmp_path}',)"]
+    output = tmp_path / "out.json"
+    output.write_text("precious")
+    args = ["--config-file", "", "--dataset", "mine", "--output", str(output)]
+    assert convert.main([*args, *register]) == 1
+    assert capsys.readouterr().err == f"convert_to_coco.py: {output} exists; add --overwrite to replace it\n"
+    assert output.read_text() == "precious"
+    assert convert.main([*args, "--overwrite", *register]) == 0
+    written = json.loads(output.read_text())
+    assert [a["bbox"] for a in written["annotations"]] == [[1.0, 1.0, 8.0, 8.0]]  # (1, 1, 9, 9) xyxy
+
+    images = [{"id": 3, "file_name": "a.png"}, {"id": 3, "file_name": "a.png"}]
+    json_file = _coco(tmp_path / "dup.json", images, [])
+    register = ["DATASETS.REGISTER", f"('dup:coco:{json_file}:{tmp_path}',)"]
+    assert (
+        convert.main(
+            ["--config-file", "", "--dataset", "dup", "--output", str(tmp_path / "o.json"), *register]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"convert_to_coco.py: {json_file}: 1 image ids appear more than once (3)")
+    assert err.count("\n") == 1 and not (tmp_path / "o.json").exists()
+
+
+@case(
+    "coco-crowd",
+    "COCO annotations with `iscrowd` 1",
+    "counted and logged (count, file); not trained on; in evaluation ignore regions (COCO: pycocotools' "
+    "crowd rule, VOC: as `difficult`)",
+)
+def test_crowd_boxes_are_not_trained_on_and_are_ignore_regions_in_evaluation(tmp_path, ssd_log):
+    from eval_fakes import prediction
+
+    from ssd.evaluation.coco import dataset_to_coco_dict, evaluate_coco_detections
+    from ssd.evaluation.voc import PascalVOCEvaluator
+
+    _image(tmp_path / "a.png")
+    crowd = [_ann(2, 1, [50, 5, 40, 55]), _ann(3, 1, [0, 44, 20, 18])]
+    for annotation in crowd:
+        annotation["iscrowd"] = 1
+    images = [{"id": 1, "file_name": "a.png", "width": 96, "height": 64}]
+    json_file = _coco(tmp_path / "a.json", images, [_ann(1, 1, [10, 10, 30, 30]), *crowd])
+
+    train = COCODataset(json_file, tmp_path, is_train=True)
+    assert train.num_crowd_boxes == 2
+    assert f"{json_file}: 2 crowd annotations (iscrowd=1) in 1 images (e.g. a.png)" in _warnings(ssd_log)
+    _, target, _ = train[0]  # no transform: boxes relative to the 96 x 64 image
+    expected = [[10 / 96, 10 / 64, 40 / 96, 40 / 64]]  # the object only: the crowd boxes are gone
+    torch.testing.assert_close(target["boxes_norm"], torch.tensor(expected))
+
+    # One detection on the object (score 0.9) and one on the first crowd region (0.95, ranked first); the
+    # second crowd region gets none. Crowd as ignore regions: AP 100 by hand (one object, found; the other
+    # detection neither hit nor error). Crowd dropped: a false positive ranked first, AP 50. Crowd counted
+    # as objects: one of three missed, AP below 100.
+    dataset = COCODataset(json_file, tmp_path)
+    boxes_xyxy = [[50, 5, 90, 60], [10, 10, 40, 40]]
+    voc = PascalVOCEvaluator(dataset, pixel_offset=0)
+    voc.process([{"index": 0}], [prediction(boxes_xyxy, [1, 1], [0.95, 0.9])])
+    assert voc.evaluate()["voc"]["AP50"] == pytest.approx(100.0)
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": [50, 5, 40, 55], "score": 0.95},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+    ]
+    for ground_truth in (json.loads(json_file.read_text()), dataset_to_coco_dict(dataset)):
+        results = evaluate_coco_detections(ground_truth, detections, verbose=False)
+        assert results["AP"] == pytest.approx(100.0)
+
+
+@case(
+    "csv-duplicate-row",
+    "CSV with the same box row twice",
+    "counted: used once, one warning naming the file and both line numbers",
+)
+@case(
+    "csv-two-sizes",
+    "CSV listing one image with two different widths/heights",
+    "error naming the file, both lines and both sizes",
+)
+@case("csv-latin1", "CSV saved in Latin-1 (not UTF-8)", "error naming the file and line, asking for UTF-8")
+@case("csv-bom", "CSV starting with a UTF-8 byte-order mark (Excel)", "accepted as if it had none")
+@pytest.mark.parametrize("fault", ["duplicate", "sizes", "latin1", "bom"])
+def test_csv_duplicates_sizes_and_encodings(tmp_path, ssd_log, fault):
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "é.png")
+    csv_file = tmp_path / "a.csv"
+    rows = "a.png,96,64,cat,1,1,9,9\né.png,96,64,cat,2,2,9,9\n"
+    if fault == "duplicate":
+        csv_file.write_text(HEADER + rows + "a.png,96,64,cat,1,1,9,9\na.png,96,64,cat,1,1,9,8\n")
+        dataset = CSVDataset(csv_file, tmp_path)
+        assert dataset.get_annotation(0)["boxes_xyxy"].tolist() == [[1, 1, 9, 9], [1, 1, 9, 8]]
+        assert dataset.num_duplicate_rows == 1
+        assert (
+            f"{csv_file}: 1 box rows repeat an earlier row exactly and are used once: line 4 (= line 2)"
+            in (_warnings(ssd_log))
+        )
+    elif fault == "sizes":
+        csv_file.write_text(HEADER + rows + "a.png,192,128,cat,1,1,9,9\n")
+        expected = r"a\.csv, line 4: a\.png is 192x128 \(width x height\) here but 96x64 on line 2"
+        with pytest.raises(DatasetError, match=expected):
+            CSVDataset(csv_file, tmp_path)
+    elif fault == "latin1":
+        csv_file.write_bytes((HEADER + rows).encode("latin-1"))
+        with pytest.raises(
+            DatasetError, match=r"a\.csv, line 3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"
+        ):
+            CSVDataset(csv_file, tmp_path)
+    else:
+        csv_file.write_bytes(b"\xef\xbb\xbf" + (HEADER + rows).encode("utf-8"))
+        dataset = CSVDataset(csv_file, tmp_path)
+        assert [Path(dataset.get_annotation(i)["file_name"]).name for i in range(2)] == ["a.png", "é.png"]
+
+
+@case(
+    "dataset-name-unknown",
+    "a misspelt name in DATASETS.TRAIN (or VAL / TEST)",
+    "error naming the key and the name, suggesting the closest and listing the known names; exit status 1",
+)
+def test_unknown_dataset_name_is_one_line_with_a_suggestion(tmp_path):
+    assert run_train(tmp_path, "SOLVER.MAX_ITER", "1", "DATASETS.TRAIN", "('tiny_trian',)") == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "DATASETS.TRAIN: unknown dataset 'tiny_trian': did you mean 'tiny_train'? registered and " in log
+    assert "tiny_val" in log and "voc_2007_trainval" in log and "Traceback" not in log
+
+
+def _truncate(path: Path) -> None:
+    """Keep the header and half the pixels: the start-up check passes, the decode fails."""
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@case(
+    "image-damaged-during-run",
+    "training images damaged after start-up (DATASETS.CHECK_IMAGES off)",
+    "skipped: the next image takes the place, a warning names the file; after DATASETS.MAX_UNREADABLE_IMAGES "
+    "such reads the run stops, one line naming the file and the option (also from a loader worker), exit 1",
+)
+def test_images_damaged_after_start_up_are_skipped_up_to_a_limit(tmp_path, ssd_log):
+    from ssd.data.build import build_train_loader
+
+    for name in "abcd":
+        _image(tmp_path / f"{name}.png")
+    (tmp_path / "a.csv").write_text(HEADER + "".join(f"{n}.png,96,64,cat,1,1,9,9\n" for n in "abcd"))
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["DATASETS.REGISTER", (f"t:csv:{tmp_path / 'a.csv'}:{tmp_path}",), "MODEL.NUM_CLASSES", 2,
+         "DATA_LOADER.NUM_WORKERS", 0, "SOLVER.BATCH_SIZE", 4, "SOLVER.MAX_ITER", 2,
+         "DATASETS.MAX_UNREADABLE_IMAGES", 2, "INPUT.IMAGE_SIZE", 64]
+    )  # fmt: skip
+    dataset = build_dataset(cfg, ["t"], is_train=True)
+    _truncate(tmp_path / "b.png")  # after the dataset was built
+    batches = [indices.tolist() for _, _, indices in build_train_loader(cfg, dataset=dataset)]
+    assert all(len(batch) == 4 and 1 not in batch for batch in batches)  # b (index 1) replaced by c (2)
+    skipped = [
+        line for line in _warnings(ssd_log).splitlines() if "Skipped an unreadable training image" in line
+    ]
+    assert len(skipped) == 2 and all(str(tmp_path / "b.png") in line for line in skipped)
+    cfg.merge_from_list(["SOLVER.MAX_ITER", 3])  # the third failed read is one too many
+    with pytest.raises(DatasetError, match=r"b\.png: 3 image reads failed during training, more than "
+                       r"DATASETS\.MAX_UNREADABLE_IMAGES 2"):  # fmt: skip
+        list(build_train_loader(cfg, dataset=dataset))
+
+    # The same stop through train.py with a loader worker process: one line in the log, exit status 1.
+    _truncate(tmp_path / "a.png")
+    _truncate(tmp_path / "c.png")
+    _truncate(tmp_path / "d.png")
+    extra = ["DATASETS.REGISTER", f"('t:csv:{tmp_path / 'a.csv'}:{tmp_path}',)", "DATASETS.TRAIN", "('t',)",
+             "MODEL.NUM_CLASSES", "2", "DATA_LOADER.NUM_WORKERS", "1", "DATASETS.MAX_UNREADABLE_IMAGES", "0",
+             "SOLVER.MAX_ITER", "1"]  # fmt: skip
+    assert run_train(tmp_path / "run", *extra) == 1
+    errors = [line for line in (tmp_path / "run" / "log.txt").read_text().splitlines() if " ERROR] " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "more than DATASETS.MAX_UNREADABLE_IMAGES 0 (the earlier ones are in the log); replace or remove the "
+        "files (DATASETS.CHECK_IMAGES True finds them all at start-up), or raise the option"
+    )
+    assert "cannot decode image file" in errors[0] and "Caught DatasetError" not in errors[0]
+
+
+@case(
+    "symlink-outside",
+    "an image (or XML annotation) that is a symbolic link to a file outside the dataset folder",
+    "refused: error naming the link, its target and DATASETS.FOLLOW_SYMLINKS (which allows it); links "
+    "inside the folder and a dataset folder that is itself a link are fine",
+)
+@pytest.mark.parametrize("fmt", ["csv", "coco", "xml-image", "xml-annotation", "voc"])
+def test_symlinks_leaving_the_dataset_folder_are_refused_unless_allowed(tmp_path, fmt):
+    outside = _image(tmp_path / "elsewhere" / "secret.png")
+    data = tmp_path / "data"
+    _image(data / "real.png")
+    (data / "inside.png").symlink_to(data / "real.png")  # a link that stays inside: always fine
+    if fmt == "csv":
+        (data / "a.png").symlink_to(outside)
+        (data / "a.csv").write_text(HEADER + "a.png,96,64,cat,1,1,9,9\ninside.png,96,64,cat,1,1,9,9\n")
+        make = lambda follow: CSVDataset(data / "a.csv", data, follow_symlinks=follow)  # noqa: E731
+        link = data / "a.png"
+    elif fmt == "coco":
+        (data / "a.png").symlink_to(outside)
+        images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "inside.png"}]
+        json_file = _coco(data / "a.json", images, [_ann(1, 1, [1, 1, 5, 5])])
+        make = lambda follow: COCODataset(json_file, data, follow_symlinks=follow)  # noqa: E731
+        link = data / "a.png"
+    elif fmt.startswith("xml"):
+        (data / "inside.xml").write_text(_xml("inside.png", _object("cat", ("2", "2", "9", "9"))))
+        if fmt == "xml-image":
+            (data / "a.png").symlink_to(outside)
+            (data / "a.xml").write_text(_xml("a.png", _object("cat", ("2", "2", "9", "9"))))
+            link = data / "a.png"
+        else:
+            (tmp_path / "elsewhere" / "a.xml").write_text(
+                _xml("real.png", _object("cat", ("2", "2", "9", "9")))
+            )
+            (data / "a.xml").symlink_to(tmp_path / "elsewhere" / "a.xml")
+            link = data / "a.xml"
+        make = lambda follow: XMLFolderDataset(data, follow_symlinks=follow)  # noqa: E731
+    else:
+        for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (data / sub).mkdir(parents=True)
+        (data / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+        (data / "Annotations" / "a.xml").write_text(_xml("a.jpg", _object("cat", ("2", "2", "9", "9"))))
+        cv2.imwrite(str(tmp_path / "elsewhere" / "a.jpg"), np.full((64, 96, 3), 90, np.uint8))
+        (data / "JPEGImages" / "a.jpg").symlink_to(tmp_path / "elsewhere" / "a.jpg")
+        make = lambda follow: VOCDataset(data, "train", ("cat",), follow_symlinks=follow)  # noqa: E731
+        link = data / "JPEGImages" / "a.jpg"
+    target = link.resolve()
+    with pytest.raises(
+        DatasetError,
+        match=rf"{re.escape(str(link))} is a symbolic link to {re.escape(str(target))}, outside the dataset "
+        r"folder .*set DATASETS\.FOLLOW_SYMLINKS True to allow them",
+    ):
+        make(False)
+    assert len(make(True)) >= 1
+    (tmp_path / "linked").symlink_to(data)  # the dataset folder itself may be a link: its files are inside
+    assert len(CSVDataset(_one_row_csv(data), tmp_path / "linked")) == 1
+
+
+def _one_row_csv(folder: Path) -> Path:
+    (folder / "one.csv").write_text(HEADER + "inside.png,96,64,cat,1,1,9,9\n")
+    return folder / "one.csv"
+
+
+@case(
+    "priors-auto-no-boxes",
+    "MODEL.PRIORS.AUTO True on training images without any box",
+    "error naming MODEL.PRIORS.AUTO and DATASETS.TRAIN, exit status 1",
+)
+def test_auto_priors_without_boxes_is_one_line(tmp_path):
+    _image(tmp_path / "a.png")
+    (tmp_path / "a.csv").write_text(HEADER + "a.png,96,64,,,,,\n")
+    extra = ["DATASETS.REGISTER", f"('empty:csv:{tmp_path / 'a.csv'}:{tmp_path}',)", "DATASETS.TRAIN",
+             "('empty',)", "DATASETS.CLASS_NAMES", "('cat',)", "MODEL.NUM_CLASSES", "2", "MODEL.PRIORS.AUTO",
+             "True", "SOLVER.MAX_ITER", "1"]  # fmt: skip
+    assert run_train(tmp_path / "run", *extra) == 1
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert (
+        "MODEL.PRIORS.AUTO: the training images (DATASETS.TRAIN ('empty',), 1 images) hold no boxes to fit "
+        "priors to; check the annotations, or set MODEL.PRIORS.AUTO False" in log
+    )
+    assert "Traceback" not in log
+
+
+@case(
+    "resume-old-checkpoint-optimizer",
+    "`--resume` with AdamW from an SGD checkpoint written before optimizer classes were recorded",
+    "error naming SOLVER.OPTIMIZER and what to do (the class is recognised from the optimizer's settings), "
+    "not `KeyError: 'step'` at the first step",
+)
+def test_resume_from_an_old_checkpoint_of_another_optimizer(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    sgd.step()
+    cfg = get_cfg()
+    Checkpointer(model, tmp_path, sgd, config_yaml=cfg.dump()).save("model_0000001", 1)
+    old = load_checkpoint_file(tmp_path / "model_0000001.pth")
+    del old["optimizer_class"]  # as written before the class was stored
+    save_checkpoint_file(old, tmp_path / "model_0000001.pth")
+    adamw = torch.optim.AdamW(model.parameters(), lr=0.1)
+    with pytest.raises(
+        CheckpointError,
+        match=r"model_0000001\.pth holds the state of a SGD optimizer, but this run uses AdamW "
+        r"\(SOLVER\.OPTIMIZER\): resume with SOLVER\.OPTIMIZER SGD",
+    ):
+        Checkpointer(model, tmp_path, adamw).resume()
+
+
+@case(
+    "weights-other-architecture",
+    "a MobileNet checkpoint with a VGG config: `test.py --ckpt` (strict) or fine-tuning (MODEL.WEIGHTS)",
+    "error saying the architectures differ and naming the layers; fine-tuning refuses a file of which "
+    "fewer than half the model's tensors match, naming the count",
+)
+def test_weights_of_another_architecture(tmp_path):
+    from ssd.modeling import build_detection_model
+    from ssd.modeling.weights import WeightsError, load_model_weights
+
+    cfg = get_cfg()
+    cfg.merge_from_list(list(TINY))
+    torch.save({"model": build_detection_model(cfg).state_dict()}, tmp_path / "mobilenet.pth")
+    vgg_cfg = get_cfg()
+    vgg_cfg.merge_from_file(str(REPO / "configs" / "vgg_ssd300_voc0712.yaml"))
+    vgg_cfg.merge_from_list(["MODEL.NUM_CLASSES", 4, "MODEL.BACKBONE.PRETRAINED", False])
+    vgg = build_detection_model(vgg_cfg)
+    before = {k: v.clone() for k, v in vgg.state_dict().items()}
+    with pytest.raises(WeightsError) as err:
+        load_model_weights(vgg, tmp_path / "mobilenet.pth", strict=True)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'mobilenet.pth'} was written for another architecture than this")
+    assert "the file has backbone.features.*" in message and "the model backbone.vgg.*" in message
+    assert "classes" not in message
+    total = len(before)
+    with pytest.raises(WeightsError, match=rf"mobilenet\.pth: only \d+ of the model's {total} tensors match"):
+        load_model_weights(vgg, tmp_path / "mobilenet.pth")
+    assert all(torch.equal(before[k], v) for k, v in vgg.state_dict().items())  # nothing was loaded
+
+
+@case(
+    "output-dir-is-a-file",
+    "OUTPUT_DIR naming an existing file",
+    "error naming OUTPUT_DIR, exit status 1",
+)
+def test_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("")
+    args = train_cli.parse_args(["--config-file", "", *TINY, "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(
+        ConfigError, match=rf"^OUTPUT_DIR {re.escape(str(tmp_path / 'out'))} is a file, not a folder"
+    ):
+        train_cli.run(args)
+    assert run_train(tmp_path / "out") == 1
+
+
+@case(
+    "disk-full-while-saving",
+    "the disk fills up (ENOSPC) while a checkpoint is written",
+    "error naming the file and saying the previous checkpoint is intact (it is: temporary file, then rename)",
+)
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import ssd.engine.checkpoint as checkpoint_module
+
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(model, tmp_path)
+    checkpointer.save("model_0000001", 1)
+    saved = (tmp_path / "model_0000001.pth").read_bytes()
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, f):  # half the bytes reach the file, then the write fails
+        real_save(obj, f)
+        f.truncate(f.tell() // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_is_full)
+    with torch.no_grad():
+        model.weight += 1
+    with pytest.raises(
+        CheckpointError,
+        match=rf"cannot write .*model_0000002\.pth at iteration 2: No space left on device; the previous "
+        rf"checkpoint {re.escape(str(tmp_path / 'model_0000001.pth'))} is intact",
+    ):
+        checkpointer.save("model_0000002", 2)
+    assert checkpointer.last_saved == tmp_path / "model_0000001.pth"  # what later error messages offer
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "model_0000001.pth").read_bytes() == saved
+    assert Checkpointer(torch.nn.Linear(3, 2), tmp_path).resume()["iteration"] == 1
+
+
 # ----- the documented table ------------------------------------------------------------------------------------------
 
 

@@ -190,7 +190,7 @@ def _parse_raccoon_xml(path: Path) -> tuple[str, tuple[int, int], list[list[floa
 
 
 def test_raccoon_xml_folder_route(raccoon_root, raccoon_xml_folder):
-    names = register_from_config([f"raccoon_xml_t:xml_folder:{raccoon_xml_folder}"])
+    names = register_from_config([f"raccoon_xml_t:xml_folder:{raccoon_xml_folder}"], follow_symlinks=True)
     dataset = get_dataset(names[0])
     assert isinstance(dataset, XMLFolderDataset)
     assert dataset.class_names == ("__background__", "raccoon") and len(dataset) == 200
@@ -321,10 +321,13 @@ def test_coco_dataset_crowd_ids_and_empty_images(tmp_path):
     assert dataset.class_names == ("__background__", "a", "b")  # category ids sorted: 3 -> 1, 7 -> 2
     assert dataset.contiguous_id_to_dataset_id == {1: 3, 2: 7}
     first = dataset.get_annotation(0)
-    assert first["image_id"] == 1 and first["labels"].tolist() == [2]
-    assert first["boxes_xyxy"].tolist() == [[1, 2, 11, 22]]
-    assert dataset.num_dropped_boxes == 1  # the zero-width box; crowd boxes are not counted, just excluded
-    assert len(dataset) == 3 and len(dataset.get_annotation(1)["labels"]) == 0  # crowd-only image
+    # The crowd box stays as an ignore region (the `difficult` flag); training drops it (test_bad_inputs.py).
+    assert first["image_id"] == 1 and first["labels"].tolist() == [2, 1]
+    assert first["boxes_xyxy"].tolist() == [[1, 2, 11, 22], [5, 5, 9, 9]]
+    assert first["difficult"].tolist() == [False, True]
+    assert dataset.num_dropped_boxes == 1  # the zero-width box
+    assert dataset.num_crowd_boxes == 2
+    assert len(dataset) == 3 and dataset.get_annotation(1)["difficult"].tolist() == [True]  # crowd only
     assert len(COCODataset(json_file, tmp_path, remove_empty=True)) == 1
 
 

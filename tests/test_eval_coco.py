@@ -153,9 +153,17 @@ def test_real_ground_truth_as_predictions_scores_100(data, request, tmp_path):
         )
     cfg = load_config(
         None,
-        ["DATASETS.REGISTER", repr((register,)), "DATASETS.CLASS_NAMES", repr(classes),
-         "MODEL.NUM_CLASSES", str(len(classes) + 1)],
-    )  # fmt: skip
+        [
+            "DATASETS.REGISTER",
+            repr((register,)),
+            "DATASETS.CLASS_NAMES",
+            repr(classes),
+            "MODEL.NUM_CLASSES",
+            str(len(classes) + 1),
+            "DATASETS.FOLLOW_SYMLINKS",
+            "True",
+        ],
+    )  # FOLLOW_SYMLINKS: the raccoon folder is made of links, see conftest.py
     name = register.split(":")[0]
     dataset = build_dataset(cfg, [name], is_train=False)
     assert voc_pixel_offset(dataset) == 1.0

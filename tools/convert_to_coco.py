@@ -12,6 +12,10 @@ projects and the results compared (tools/compare.py). The file holds:
   one-based CSV's 1-based corners are already shifted), `area` = w * h, `iscrowd` = 1 for VOC "difficult"
   boxes (COCO's way to say "neither a hit nor a miss", which is what VOC's difficult means);
 - categories: ids 1..K in label order, with the class names.
+
+An existing output file is not replaced unless `--overwrite` is given. File names are made relative to the
+image root as written (symbolic links are not resolved), so a folder of links (DATASETS.FOLLOW_SYMLINKS)
+converts to names inside that folder.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from ssd.evaluation.coco import dataset_to_coco_dict  # noqa: E402
 def to_coco_file_dict(dataset, image_root: Path | None = None) -> tuple[dict, Path]:
     """(COCO dict with ids 1..N and file names relative to the image root, the image root)."""
     coco = dataset_to_coco_dict(dataset)
-    files = [Path(image["file_name"]).resolve() for image in coco["images"]]
+    # abspath, not resolve: a symbolic link keeps its own name (and folder), as the datasets read it.
+    files = [Path(os.path.abspath(image["file_name"])) for image in coco["images"]]
     if image_root is None:
         image_root = Path(os.path.commonpath([f.parent for f in files])) if files else Path(".")
-    image_root = image_root.resolve()
+    image_root = Path(os.path.abspath(image_root))
     new_ids = {}
     for number, (image, path) in enumerate(zip(coco["images"], files, strict=True), start=1):
         if not path.is_relative_to(image_root):
@@ -58,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="a dataset name (DATASETS.REGISTER or built-in)")
     parser.add_argument("--output", required=True, type=Path, help="the JSON file to write")
     parser.add_argument("--image-root", type=Path, default=None, help="file names are written relative to it")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output when it exists")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.output.exists() and not args.overwrite:
+        print(f"convert_to_coco.py: {args.output} exists; add --overwrite to replace it", file=sys.stderr)
+        return 1
     try:
         cfg = load_config(args.config_file, args.opts)
         dataset = build_dataset(cfg, [args.dataset], is_train=False)

@@ -148,6 +148,15 @@ _C.DATASETS.REGISTER = ()
 # start-up, all bad files named, instead of when it is first loaded. A header check (missing file, not an
 # image, annotated size differing from the file's) always runs; this adds one full decode per image.
 _C.DATASETS.CHECK_IMAGES = False
+# (new) Training images that may fail to load during a run (damaged or deleted after the start-up check)
+# before it stops: each is skipped (the next image takes its place), named in a warning and counted; the
+# next failure stops the run with an error naming the file and this key. 0 = stop at the first.
+# constraint: >= 0.
+_C.DATASETS.MAX_UNREADABLE_IMAGES = 10
+# (new) Accept image and annotation files that are symbolic links leading outside their dataset folder
+# (e.g. a folder of links to images kept elsewhere). Off: such a link is refused with an error naming it,
+# as an absolute or '..' path in an annotation is; a dataset folder that is itself a link is always fine.
+_C.DATASETS.FOLLOW_SYMLINKS = False
 
 # ---------------------------------------------------------------------------------------------------
 # DATA_LOADER

@@ -158,6 +158,10 @@ def check_config(cfg: CfgNode) -> None:
         )
     if not 0.0 <= cfg.DATASETS.VAL_FRACTION < 1.0:
         raise ConfigError(f"DATASETS.VAL_FRACTION must be in [0, 1), got {cfg.DATASETS.VAL_FRACTION}")
+    if cfg.DATASETS.MAX_UNREADABLE_IMAGES < 0:
+        raise ConfigError(
+            f"DATASETS.MAX_UNREADABLE_IMAGES must be >= 0, got {cfg.DATASETS.MAX_UNREADABLE_IMAGES}"
+        )
     if cfg.SOLVER.EPOCHS < 0 or cfg.SOLVER.EVAL_EPOCHS < 0:
         raise ConfigError(
             f"SOLVER.EPOCHS and SOLVER.EVAL_EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS} and {cfg.SOLVER.EVAL_EPOCHS}"

@@ -13,6 +13,7 @@ depend on the number of workers: every training sample is augmented with its own
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset
 
 from ssd.config.loading import ConfigError
 from ssd.data.datasets.base import DetectionDataset
-from ssd.data.datasets.catalog import get_dataset, register_from_config
+from ssd.data.datasets.catalog import UnknownDatasetError, get_dataset, register_from_config
 from ssd.data.datasets.image_files import DatasetError
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
 from ssd.data.split import DetectionSubset, split_for_validation
@@ -87,7 +88,8 @@ def build_dataset(
         DatasetError: a dataset is empty, holds images above INPUT.MAX_IMAGE_PIXELS, or
             (DATASETS.CHECK_IMAGES) holds images that cannot be decoded.
     """
-    register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
+    follow_symlinks = cfg.DATASETS.FOLLOW_SYMLINKS
+    register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES, follow_symlinks)
     if isinstance(names, str):
         names = [names]
     if not names:
@@ -100,10 +102,11 @@ def build_dataset(
             cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, is_train, cfg.INPUT.AUGMENTATION
         )
     data_root = cfg.DATASETS.DATA_ROOT or None
-    datasets = [
-        get_dataset(name, transform=transform, is_train=is_train, data_root=data_root) for name in names
-    ]
     key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST / DATASETS.VAL"
+    try:
+        datasets = [get_dataset(name, transform, is_train, data_root, follow_symlinks) for name in names]
+    except UnknownDatasetError as error:
+        raise UnknownDatasetError(f"{key}: {error}") from None
     for name, dataset in zip(names, datasets, strict=True):
         if len(dataset) == 0:
             raise DatasetError(
@@ -141,12 +144,23 @@ def collate_batch(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor], int
 
 class _SeededSamples(Dataset):
     """Training-loader view of a dataset: item (index, position) is augmented with a generator seeded by
-    (seed, position, index), so it does not depend on the worker that loads it (see samplers.py)."""
+    (seed, position, index), so it does not depend on the worker that loads it (see samplers.py).
+
+    An image that cannot be read although it passed the start-up check (damaged or deleted since, when
+    DATASETS.CHECK_IMAGES is off) is skipped: the next image of the dataset takes its place in the batch and
+    a warning names the file. Skips are counted over all the loader's processes (a shared counter); the one
+    after `max_unreadable` (DATASETS.MAX_UNREADABLE_IMAGES) stops the run with a DatasetError naming the file
+    and the option: a few bad files should not end a long run, a failing disk should.
+    """
 
     def __init__(
-        self, dataset: DetectionDataset | DetectionConcatDataset | DetectionSubset, seed: int
+        self,
+        dataset: DetectionDataset | DetectionConcatDataset | DetectionSubset,
+        seed: int,
+        max_unreadable: int = 0,
     ) -> None:
-        self.dataset, self.seed = dataset, seed
+        self.dataset, self.seed, self.max_unreadable = dataset, seed, max_unreadable
+        self.num_unreadable = multiprocessing.Value("i", 0)  # shared with the worker processes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -157,7 +171,27 @@ class _SeededSamples(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, position = item
-        return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, position, index]))
+        rng = np.random.default_rng([self.seed, position, index])
+        for offset in range(len(self.dataset)):
+            candidate = (index + offset) % len(self.dataset)
+            try:
+                return self.dataset.get_item(candidate, rng=rng)
+            except OSError as error:  # FileNotFoundError included; one line naming the file
+                with self.num_unreadable.get_lock():
+                    self.num_unreadable.value += 1
+                    count = self.num_unreadable.value
+                if count > self.max_unreadable:
+                    raise DatasetError(
+                        f"{error}: {count} image reads failed during training, more than "
+                        f"DATASETS.MAX_UNREADABLE_IMAGES {self.max_unreadable} (the earlier ones are in the log); "
+                        "replace or remove the files (DATASETS.CHECK_IMAGES True finds them all at start-up), "
+                        "or raise the option"
+                    ) from None
+                logger.warning(
+                    "Skipped an unreadable training image (%d of at most %d, DATASETS.MAX_UNREADABLE_IMAGES), "
+                    "the next image takes its place: %s", count, self.max_unreadable, error,
+                )  # fmt: skip
+        raise DatasetError(f"no image of {getattr(self.dataset, 'name', 'the training set')} can be read")
 
 
 # OpenCV single-threaded in every process. Its thread pool is not fork-safe: a DataLoader worker forked after
@@ -251,7 +285,7 @@ def build_train_loader(cfg, start_iter: int = 0, dataset: Dataset | None = None)
         len(dataset), cfg.SOLVER.BATCH_SIZE, seed, cfg.SOLVER.MAX_ITER, start_iter, rank, world_size
     )
     return DataLoader(
-        _SeededSamples(dataset, seed),
+        _SeededSamples(dataset, seed, cfg.DATASETS.MAX_UNREADABLE_IMAGES),
         batch_sampler=batch_sampler,
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
         collate_fn=collate_batch,

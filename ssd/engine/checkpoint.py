@@ -207,6 +207,18 @@ def restore_rng_state(rng_per_rank: list[dict[str, Any]] | None) -> None:
     set_rng_state(rng_per_rank[rank])
 
 
+def _optimizer_class_of(checkpoint: dict[str, Any]) -> str | None:
+    """The optimizer of a checkpoint written before "optimizer_class" was stored, recognised from the settings
+    of its parameter groups (SGD has `momentum`, Adam/AdamW `betas`; Adam has `decoupled_weight_decay` False
+    in recent torch). None when unknown."""
+    groups = (checkpoint.get("optimizer") or {}).get("param_groups") or [{}]
+    if "momentum" in groups[0] and "betas" not in groups[0]:
+        return "SGD"
+    if "betas" in groups[0]:
+        return "AdamW" if groups[0].get("decoupled_weight_decay", True) else "Adam"
+    return None
+
+
 class Checkpointer:
     """Saves and restores the training state; only the main process writes files.
 
@@ -262,7 +274,7 @@ class Checkpointer:
                 f"Last checkpoint with finite weights: {last}. Lower SOLVER.LR, lengthen SOLVER.WARMUP_ITERS or "
                 "set SOLVER.CLIP_GRAD_NORM, then resume or start again."
             )
-        self.last_saved = path
+        previous, self.last_saved = self.last_saved, path
         if not self.save_to_disk:
             return path
         if not self._cleaned:
@@ -282,9 +294,21 @@ class Checkpointer:
         if self.scaler is not None:
             checkpoint["scaler"] = self.scaler.state_dict()
         checkpoint.update(extra)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint_file(checkpoint, path)
-        atomic_write_bytes(self.output_dir / LAST_CHECKPOINT, lambda f: f.write(path.name.encode()))
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint_file(checkpoint, path)
+            atomic_write_bytes(self.output_dir / LAST_CHECKPOINT, lambda f: f.write(path.name.encode()))
+        except OSError as err:  # disk full (ENOSPC), quota, permissions: the temporary file is gone already
+            self.last_saved = previous
+            kept = (
+                f"the previous checkpoint {previous} is intact (files are written to a temporary name and "
+                "renamed only when complete), so free space and resume with --resume"
+                if previous
+                else "no earlier checkpoint of this run exists"
+            )
+            raise CheckpointError(
+                f"cannot write {path} at iteration {iteration}: {err.strerror or err}; {kept}"
+            ) from err
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
         self._prune(keep=path)
         return path
@@ -333,7 +357,7 @@ class Checkpointer:
                 f"{path} does not fit this model (to start from weights of another class count or backbone, "
                 f"use MODEL.WEIGHTS or --ckpt, which skip mismatched heads):\n{err}"
             ) from err
-        saved_class = checkpoint.get("optimizer_class")
+        saved_class = checkpoint.get("optimizer_class") or _optimizer_class_of(checkpoint)
         if self.optimizer is not None and saved_class and saved_class != type(self.optimizer).__name__:
             # SGD's state loaded into AdamW crashes at the first step; AdamW's into SGD is silently dropped.
             raise CheckpointError(

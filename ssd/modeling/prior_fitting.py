@@ -434,13 +434,19 @@ def resolve_auto_priors(cfg, dataset):
         cfg: the config (frozen or not).
         dataset: the training images (the validation split excluded), a detection dataset.
     """
-    from ssd.config import check_config
+    from ssd.config import ConfigError, check_config
 
     if not cfg.MODEL.PRIORS.AUTO:
         return cfg
     image_size = cfg.INPUT.IMAGE_SIZE
     boxes = dataset_boxes(dataset)
     boxes_norm = np.concatenate([b for b, _ in boxes]) if boxes else np.zeros((0, 4))
+    if len(boxes_norm) == 0:
+        raise ConfigError(
+            f"MODEL.PRIORS.AUTO: the training images (DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}, "
+            f"{len(dataset)} images) hold no boxes to fit priors to; check the annotations, or set "
+            "MODEL.PRIORS.AUTO False to use the configured priors"
+        )
     labels = np.concatenate([lab for _, lab in boxes]) if boxes else np.zeros(0, dtype=np.int64)
 
     user_stride8 = bool(cfg.MODEL.BACKBONE.STRIDE8_MAP)

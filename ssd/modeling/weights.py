@@ -170,28 +170,58 @@ def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
 
 def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> LoadReport:
     """Load every tensor of `state_dict` whose key and shape exist in `module`; report the rest."""
+    report = match_state_dict(module, state_dict, source)
+    module.load_state_dict({key: state_dict[key] for key in report.loaded}, strict=False)
+    return report
+
+
+def match_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> LoadReport:
+    """What `load_matching` would load (same key and shape) and what not, without changing `module`."""
     own = module.state_dict()
     report = LoadReport(source)
-    to_load = {}
     for key, value in state_dict.items():
         if key not in own:
             report.unexpected.append(key)
         elif tuple(value.shape) != tuple(own[key].shape):
             report.shape_mismatch[key] = (tuple(value.shape), tuple(own[key].shape))
         else:
-            to_load[key] = value
             report.loaded.append(key)
     report.missing = [key for key in own if key not in state_dict]
-    module.load_state_dict(to_load, strict=False)
     return report
 
 
+# Below this share of the model's tensors matched, MODEL.WEIGHTS was written for another network: fine-tuning
+# from it would train from (almost) scratch while the log says "initialised from ...".
+MIN_MATCHED_SHARE = 0.5
+
+
+def _layer_groups(keys: list[str]) -> list[str]:
+    """The distinct two-part prefixes of state-dict keys ("backbone.vgg", "predictor.cls_heads"), in order."""
+    return list(dict.fromkeys(".".join(key.split(".")[:2]) for key in keys))
+
+
+def _architecture_hint(report: LoadReport) -> str:
+    """E.g. "the file has backbone.features.*, the model backbone.vgg.*": the layers only one side has."""
+    in_file = [g for g in _layer_groups(report.unexpected) if g not in _layer_groups(report.missing)]
+    in_model = [g for g in _layer_groups(report.missing) if g not in _layer_groups(report.unexpected)]
+    if not in_file and not in_model:
+        return "layers of the same names but other shapes"
+    return (
+        f"the file has {', '.join(f'{g}.*' for g in in_file[:3]) or 'no other layers'}, the model "
+        f"{', '.join(f'{g}.*' for g in in_model[:3]) or 'no other layers'}"
+    )
+
+
 def _num_classes_hint(model: nn.Module, key: str, file_shape: tuple[int, ...]) -> str:
-    """For a classification-head tensor, the class count the file was trained with."""
+    """For a classification-head tensor that differs only in its output count, the class count the file
+    was trained with ("" when that is not the difference: another architecture, named elsewhere)."""
     num_classes = getattr(model, "num_classes", None)
-    if num_classes is None or "cls_heads" not in key:
+    model_shape = tuple(model.state_dict()[key].shape)
+    if num_classes is None or "cls_heads" not in key or file_shape[1:] != model_shape[1:]:
         return ""
-    anchors = model.state_dict()[key].shape[0] // num_classes
+    anchors = model_shape[0] // num_classes
+    if file_shape[0] % anchors or file_shape[0] // anchors == num_classes:
+        return ""
     return f": the checkpoint has {file_shape[0] // anchors} classes but MODEL.NUM_CLASSES is {num_classes}"
 
 
@@ -199,7 +229,8 @@ def load_model_weights(model: nn.Module, path_or_url: str | Path, strict: bool =
     """Initialise `model` from a checkpoint, e.g. to fine-tune a detector on another dataset.
 
     Tensors whose shape differs from the model's (the classification heads when the class count differs)
-    are skipped and stay as initialised. The result is logged and returned.
+    are skipped and stay as initialised. The result is logged and returned. A file of which fewer than
+    `MIN_MATCHED_SHARE` of the model's tensors match is refused: it was written for another architecture.
 
     Args:
         model: the module to fill (usually an SSDDetector).
@@ -207,21 +238,31 @@ def load_model_weights(model: nn.Module, path_or_url: str | Path, strict: bool =
         strict: every key must exist in both and every shape must match; otherwise raise.
 
     Raises:
-        WeightsError: missing or unreadable file; with strict, the first key that does not fit.
+        WeightsError: missing or unreadable file; a file for another architecture (both modes); with
+            strict, the first key that does not fit. `model` is unchanged then.
     """
     state_dict = read_state_dict(path_or_url)
-    report = load_matching(model, state_dict, str(path_or_url))
+    report = match_state_dict(model, state_dict, str(path_or_url))
+    total = len(model.state_dict())
+    if strict and (report.missing or report.unexpected):
+        raise WeightsError(
+            f"{path_or_url} was written for another architecture than this config builds "
+            f"({_architecture_hint(report)}): {len(report.missing)} of the model's {total} tensors are not in "
+            f"the file, e.g. {_abbreviate(report.missing, 3)}; check MODEL.BACKBONE and the config"
+        )
     if strict:
         for key, (file_shape, model_shape) in report.shape_mismatch.items():
             raise WeightsError(
                 f"{path_or_url}: {key} has shape {list(file_shape)} in the checkpoint but {list(model_shape)} "
                 f"in the model{_num_classes_hint(model, key, file_shape)}"
             )
-        if report.missing or report.unexpected:
-            raise WeightsError(
-                f"{path_or_url} does not fit the model: missing keys {_abbreviate(report.missing)}; "
-                f"unexpected keys {_abbreviate(report.unexpected)}"
-            )
+    if len(report.loaded) < MIN_MATCHED_SHARE * total:
+        raise WeightsError(
+            f"{path_or_url}: only {len(report.loaded)} of the model's {total} tensors match the file by name "
+            f"and shape ({_abbreviate(report.loaded, 3) or 'none'}): it was written for another architecture "
+            f"({_architecture_hint(report)}); check MODEL.BACKBONE and the config, or train without MODEL.WEIGHTS"
+        )
+    model.load_state_dict({key: state_dict[key] for key in report.loaded}, strict=False)
     logger.info(report.summary())
     return report
 

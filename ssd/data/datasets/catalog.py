@@ -20,6 +20,7 @@ names in DATASETS.CLASS_NAMES (see `register_from_config`; ':' separates fields,
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -28,12 +29,20 @@ from pathlib import Path
 from ssd.data.datasets.base import DetectionDataset, Transform
 from ssd.data.datasets.coco import COCODataset
 from ssd.data.datasets.csv_dataset import COORDINATE_CONVENTIONS, CSVDataset
-from ssd.data.datasets.image_files import DatasetFileNotFoundError
+from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError
 from ssd.data.datasets.synthetic import SyntheticShapesDataset
 from ssd.data.datasets.voc import VOC_CLASSES, VOCDataset
 from ssd.data.datasets.xml_folder import XMLFolderDataset
 
 DatasetFactory = Callable[..., DetectionDataset]  # factory(transform=..., is_train=...) -> dataset
+
+
+class UnknownDatasetError(DatasetError, KeyError):
+    """A dataset name that is neither registered nor built in (also a KeyError, as a failed look-up)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
 
 _REGISTERED: dict[str, DatasetFactory] = {}
 
@@ -71,19 +80,38 @@ def register_dataset(name: str, factory: DatasetFactory) -> None:
     _REGISTERED[name] = factory
 
 
-def register_voc(name: str, root: str | Path, split: str, class_names: Sequence[str] = VOC_CLASSES) -> None:
+# `follow_symlinks` (DATASETS.FOLLOW_SYMLINKS): accept image and annotation files that are symbolic links
+# leading outside the dataset's folders (refused by default, see image_files.image_path_inside).
+
+
+def register_voc(
+    name: str,
+    root: str | Path,
+    split: str,
+    class_names: Sequence[str] = VOC_CLASSES,
+    follow_symlinks: bool = False,
+) -> None:
     """A VOC-layout folder (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)."""
-    register_dataset(name, partial(VOCDataset, root, split, tuple(class_names)))
+    register_dataset(
+        name, partial(VOCDataset, root, split, tuple(class_names), follow_symlinks=follow_symlinks)
+    )
 
 
-def register_coco_instances(name: str, json_file: str | Path, image_root: str | Path) -> None:
+def register_coco_instances(
+    name: str, json_file: str | Path, image_root: str | Path, follow_symlinks: bool = False
+) -> None:
     """A COCO instances JSON file and the folder its image file names are relative to."""
-    register_dataset(name, partial(_coco, json_file, image_root))
+    register_dataset(name, partial(_coco, json_file, image_root, follow_symlinks=follow_symlinks))
 
 
-def register_xml_folder(name: str, folder: str | Path, class_names: Sequence[str] | None = None) -> None:
+def register_xml_folder(
+    name: str, folder: str | Path, class_names: Sequence[str] | None = None, follow_symlinks: bool = False
+) -> None:
     """A folder of images, each with a VOC XML file beside it."""
-    register_dataset(name, partial(XMLFolderDataset, folder, tuple(class_names or ()) or None))
+    register_dataset(
+        name,
+        partial(XMLFolderDataset, folder, tuple(class_names or ()) or None, follow_symlinks=follow_symlinks),
+    )
 
 
 def register_csv(
@@ -92,12 +120,20 @@ def register_csv(
     image_dir: str | Path,
     class_names: Sequence[str] | None = None,
     one_based: bool = False,
+    follow_symlinks: bool = False,
 ):
     """A CSV file `filename,width,height,class,xmin,ymin,xmax,ymax` and an image folder; `one_based` for
     corners copied from VOC XML (1-based pixel indices), see csv_dataset.py."""
     register_dataset(
         name,
-        partial(CSVDataset, csv_file, image_dir, tuple(class_names or ()) or None, one_based=one_based),
+        partial(
+            CSVDataset,
+            csv_file,
+            image_dir,
+            tuple(class_names or ()) or None,
+            one_based=one_based,
+            follow_symlinks=follow_symlinks,
+        ),
     )
 
 
@@ -106,17 +142,22 @@ def register_synthetic(name: str, num_images: int, seed: int, image_size: int = 
     register_dataset(name, partial(SyntheticShapesDataset, num_images, seed, image_size))
 
 
-def _coco(json_file, image_root, transform=None, is_train=False) -> COCODataset:
+def _coco(json_file, image_root, transform=None, is_train=False, follow_symlinks=False) -> COCODataset:
     # Training drops images without boxes only when asked (COCODataset(remove_empty=True)); here every image
     # is kept: an image without objects is a valid (negative-only) training sample in this package.
-    return COCODataset(json_file, image_root, transform=transform, is_train=is_train)
+    return COCODataset(
+        json_file, image_root, transform=transform, is_train=is_train, follow_symlinks=follow_symlinks
+    )
 
 
-def register_from_config(entries: Sequence[str], class_names: Sequence[str] = ()) -> list[str]:
+def register_from_config(
+    entries: Sequence[str], class_names: Sequence[str] = (), follow_symlinks: bool = False
+) -> list[str]:
     """Register DATASETS.REGISTER entries "name:format:args" (formats: `REGISTER_FORMATS`).
 
     `class_names` (DATASETS.CLASS_NAMES, background excluded) apply to voc, xml_folder and csv entries;
-    empty means the VOC classes (voc) or the names found in the files. Returns the registered names.
+    empty means the VOC classes (voc) or the names found in the files. `follow_symlinks`: see above.
+    Returns the registered names.
     """
     names = []
     for entry in entries:
@@ -133,11 +174,11 @@ def register_from_config(entries: Sequence[str], class_names: Sequence[str] = ()
                 + ", ".join(f"'name:{f}'" for f in REGISTER_FORMATS.values())
             )
         if kind == "voc":
-            register_voc(name, args[0], args[1], tuple(class_names) or VOC_CLASSES)
+            register_voc(name, args[0], args[1], tuple(class_names) or VOC_CLASSES, follow_symlinks)
         elif kind == "xml_folder":
-            register_xml_folder(name, args[0], class_names)
+            register_xml_folder(name, args[0], class_names, follow_symlinks)
         elif kind == "coco":
-            register_coco_instances(name, args[0], args[1])
+            register_coco_instances(name, args[0], args[1], follow_symlinks)
         elif kind == "csv":
             convention = args[2] if len(args) == 3 else "zero_based"
             if convention not in COORDINATE_CONVENTIONS:
@@ -145,7 +186,7 @@ def register_from_config(entries: Sequence[str], class_names: Sequence[str] = ()
                     f"DATASETS.REGISTER entry {entry!r}: the last field says how the CSV counts pixels and must "
                     f"be one of {', '.join(COORDINATE_CONVENTIONS)}, got {convention!r}"
                 )
-            register_csv(name, args[0], args[1], class_names, one_based=convention == "one_based")
+            register_csv(name, args[0], args[1], class_names, convention == "one_based", follow_symlinks)
         else:
             register_synthetic(name, *(int(a) for a in args))
         names.append(name)
@@ -158,12 +199,18 @@ def list_datasets() -> list[str]:
 
 
 def get_dataset(
-    name: str, transform: Transform | None = None, is_train: bool = False, data_root: str | Path | None = None
+    name: str,
+    transform: Transform | None = None,
+    is_train: bool = False,
+    data_root: str | Path | None = None,
+    follow_symlinks: bool = False,
 ) -> DetectionDataset:
     """Build the dataset called `name` (registered names first, then the built-in ones).
 
+    `follow_symlinks` applies to the built-in VOC and COCO names (a registration carries its own).
+
     Raises:
-        KeyError: unknown name (the message lists the known names).
+        UnknownDatasetError: unknown name (a KeyError; the message lists the known names and the closest).
         FileNotFoundError: the data is not where the name says; the message names the path and layout.
     """
     if name in _REGISTERED:
@@ -179,7 +226,9 @@ def get_dataset(
         folder = _first_existing(
             candidates, f"{name}: VOC{year} folder", f"VOC{year}/{{Annotations,JPEGImages,ImageSets/Main}}"
         )
-        return VOCDataset(folder, split, transform=transform, is_train=is_train)
+        return VOCDataset(
+            folder, split, transform=transform, is_train=is_train, follow_symlinks=follow_symlinks
+        )
     if name in _COCO_SPLITS:
         image_dir, annotation = _COCO_SPLITS[name]
         base = Path(os.environ.get("COCO_ROOT") or root)
@@ -189,8 +238,15 @@ def get_dataset(
             f"annotations/{annotation}.json and {image_dir}/",
             marker=f"annotations/{annotation}.json",
         )
-        return _coco(folder / "annotations" / f"{annotation}.json", folder / image_dir, transform, is_train)
-    raise KeyError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+        json_file = folder / "annotations" / f"{annotation}.json"
+        return _coco(json_file, folder / image_dir, transform, is_train, follow_symlinks)
+    known = list_datasets()
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UnknownDatasetError(
+        f"unknown dataset {name!r}: {hint}registered and built-in names: {', '.join(known)} (register your "
+        "own with DATASETS.REGISTER)"
+    )
 
 
 def _first_existing(candidates: list[Path], what: str, layout: str, marker: str = "") -> Path:

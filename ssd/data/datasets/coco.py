@@ -1,15 +1,23 @@
 """COCO-format datasets (official splits or any custom JSON + image folder), read with pycocotools.
 
 - Boxes: COCO's `bbox` is (x, y, w, h) in 0-based continuous pixels; we store x1y1x2y2 = (x, y, x + w, y + h)
-  without any shift. Crowd annotations (`iscrowd == 1`) are excluded (as in lufficc/SSD); they are neither
-  training targets nor ground truth here.
+  without any shift.
+- Crowd annotations (`iscrowd == 1`) are kept as *ignore regions*: recorded with the `difficult` flag, the
+  one flag the package has for "neither an object to find nor an error to hit" (VOC's difficult). So they are
+  not trained on (training datasets drop flagged boxes, as Detectron2 drops crowd boxes), while the VOC
+  evaluator ignores detections on them and the COCO evaluator hands them to pycocotools as `iscrowd=1`
+  (its own crowd rule). They are counted (`num_crowd_boxes`) and logged with the file name. (lufficc/SSD
+  dropped them everywhere, so detections on a crowd counted as false positives.)
 - Labels: category ids, sorted, map to contiguous labels 1..K (`dataset_id_to_contiguous_id`);
   `contiguous_id_to_dataset_id` maps back, for writing COCO results.
 - `remove_empty=True` drops images without any usable box (what lufficc does for training); by default every
   image is kept, because an image without objects is valid input and counts for evaluation.
 - `image_id` in `get_annotation` is the COCO image id.
-- Bad input: a `file_name` that leaves `image_root` (absolute or `..`), a `category_id` missing from
-  `categories` and a `bbox` that is not 4 numbers are errors naming the annotation id; an image without
+- Bad input: a `file_name` that leaves `image_root` (absolute, `..`, or a symbolic link leading outside, see
+  `image_files.image_path_inside`), a `category_id` missing from `categories` and a `bbox` that is not 4
+  numbers are errors naming the annotation id; a file without `images` or `categories`, and two images or two
+  annotations with the same id (pycocotools keeps only the last one under an id, so one image's boxes would
+  land on another file), are errors naming the file and the ids; an image without
   `height`/`width` gets its size from the file; annotations of an image id that is not in `images` cannot be
   used: they are counted (`num_orphan_annotations`) and reported with one warning.
 """
@@ -18,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,7 @@ class COCODataset(DetectionDataset):
         transform, is_train: see `DetectionDataset`.
         remove_empty: drop images that have no usable (non-crowd, non-degenerate) box.
         class_names: optional check: the category names (without background) the caller expects, in order.
+        follow_symlinks: accept images that are symbolic links leading outside `image_root`.
     """
 
     def __init__(
@@ -49,6 +60,7 @@ class COCODataset(DetectionDataset):
         is_train: bool = False,
         remove_empty: bool = False,
         class_names: Sequence[str] | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         from pycocotools.coco import COCO  # imported here: only COCO users pay for it
 
@@ -57,9 +69,12 @@ class COCODataset(DetectionDataset):
             raise DatasetFileNotFoundError(f"COCO annotation file not found: {self.json_file}")
         if not self.image_root.is_dir():
             raise DatasetFileNotFoundError(f"COCO image folder not found: {self.image_root}")
+        content = self._read_json()
+        self.coco = COCO()
+        self.coco.dataset = content
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             try:
-                self.coco = COCO(str(self.json_file))
+                self.coco.createIndex()
             except (ValueError, KeyError, TypeError) as error:
                 raise DatasetError(f"{self.json_file}: not a COCO instances file ({error!r})") from None
 
@@ -77,22 +92,35 @@ class COCODataset(DetectionDataset):
         }
 
         records = []
+        crowd_files = []
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
             source = f"{self.json_file}, image id {image_id}"
-            annotations = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-            boxes = [self._box_xyxy(a) for a in annotations]
-            labels = [self._label(a) for a in annotations]
+            annotations = self.coco.imgToAnns.get(image_id, [])
+            crowd = [bool(a.get("iscrowd", 0)) for a in annotations]
+            if any(crowd):
+                crowd_files.append(str(info.get("file_name", "")))
             records.append(
                 make_record(
                     image_id,
-                    image_path_inside(self.image_root, info.get("file_name", ""), f"{source}: file_name"),
+                    image_path_inside(
+                        self.image_root, info.get("file_name", ""), f"{source}: file_name", follow_symlinks
+                    ),
                     self._size(info, "height", source),  # missing: read from the image file
                     self._size(info, "width", source),
-                    boxes,
-                    labels,
+                    [self._box_xyxy(a) for a in annotations],
+                    [self._label(a) for a in annotations],
+                    difficult=crowd,  # an ignore region, see the module docstring
                 )
             )
+        self.num_crowd_boxes = sum(int(r["difficult"].sum()) for r in records)
+        if self.num_crowd_boxes:
+            logger.log(
+                logging.WARNING if is_train else logging.INFO,
+                "%s: %d crowd annotations (iscrowd=1) in %d images (e.g. %s) are ignore regions: %s",
+                self.json_file, self.num_crowd_boxes, len(crowd_files), ", ".join(crowd_files[:3]),
+                "not trained on" if is_train else "detections on them are neither hits nor errors",
+            )  # fmt: skip
         orphans = [
             a.get("id") for i, anns in self.coco.imgToAnns.items() if i not in self.coco.imgs for a in anns
         ]
@@ -104,8 +132,36 @@ class COCODataset(DetectionDataset):
                 self.json_file, len(orphans), ", ".join(map(str, orphans[:5])), ", ..." if len(orphans) > 5 else "",
             )  # fmt: skip
         super().__init__(records, (BACKGROUND, *names), transform, is_train, name=f"COCO {self.json_file}")
-        if remove_empty:
-            self._records = [record for record in self._records if len(record["labels"])]
+        if remove_empty:  # images with no box left to train on (crowd regions are not trained on)
+            self._records = [record for record in self._records if (~record["difficult"]).any()]
+
+    def _read_json(self) -> dict[str, Any]:
+        """The JSON file's dict, checked for what pycocotools would otherwise mishandle without a word."""
+        try:
+            with self.json_file.open(encoding="utf-8") as handle:
+                content = json.load(handle)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{self.json_file}: not a JSON file ({error})") from None
+        if not isinstance(content, dict):
+            raise DatasetError(
+                f"{self.json_file}: not a COCO instances file (a JSON {type(content).__name__})"
+            )
+        for key in ("images", "categories"):
+            if not isinstance(content.get(key), list):
+                raise DatasetError(
+                    f"{self.json_file}: no {key!r} list; a COCO instances file needs 'images', 'annotations' "
+                    "and 'categories' (even an empty dataset lists its categories)"
+                )
+        for key, what in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+            ids = [entry.get("id") if isinstance(entry, dict) else None for entry in content.get(key, [])]
+            repeated = sorted({i for i, n in Counter(ids).items() if n > 1}, key=str)
+            if repeated:
+                shown = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+                raise DatasetError(
+                    f"{self.json_file}: {len(repeated)} {what} ids appear more than once ({shown}); ids must be "
+                    f"unique (pycocotools would keep only the last {what} of each id)"
+                )
+        return content
 
     def _label(self, annotation: dict[str, Any]) -> int:
         category_id = annotation.get("category_id")

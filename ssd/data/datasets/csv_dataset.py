@@ -5,6 +5,12 @@ relative to the image folder (absolute paths and `..` are refused). An image wit
 `class` and coordinates are all empty; a row with coordinates but no class, or with more or fewer fields than
 the header, is an error naming its line. Images appear in the order of their first row.
 
+The file must be UTF-8 (a byte-order mark, as Excel writes, is accepted); another encoding is an error naming
+the file and the first undecodable line. The same box row written twice (an exact duplicate, as a merge of two
+exports makes) is kept once; the duplicates are counted (`num_duplicate_rows`) and reported with one warning
+naming their lines. One image given two different widths or heights on two rows is an error naming both lines
+(the rows come from two versions of the image, and the boxes of one of them are in other pixels).
+
 Coordinates: by default 0-based pixel corners, used as they are. Many CSV files are converted from VOC XML
 (labelImg, Roboflow and the popular `xml_to_csv` scripts copy the XML numbers), and so keep VOC's 1-based
 pixel indices; say so with `one_based=True` (`"name:csv:CSV:IMAGE_DIR:one_based"` in DATASETS.REGISTER) and
@@ -15,12 +21,16 @@ the XML files it came from.
 from __future__ import annotations
 
 import csv
+import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from ssd.data.datasets.base import DetectionDataset, Transform, make_record
 from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 from ssd.data.datasets.voc import class_maps
+
+logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
 COORDINATE_CONVENTIONS = ("zero_based", "one_based")  # the optional last field of a DATASETS.REGISTER entry
@@ -52,6 +62,7 @@ class CSVDataset(DetectionDataset):
         class_names: classes without background in label order; None = the sorted names in the file.
         transform, is_train: see `DetectionDataset`.
         one_based: the corners are VOC's 1-based pixel indices (1 is subtracted); False = 0-based corners.
+        follow_symlinks: accept images that are symbolic links leading outside `image_dir`.
     """
 
     def __init__(
@@ -62,13 +73,23 @@ class CSVDataset(DetectionDataset):
         transform: Transform | None = None,
         is_train: bool = False,
         one_based: bool = False,
+        follow_symlinks: bool = False,
     ) -> None:
         self.csv_file, self.image_dir = Path(csv_file), Path(image_dir)
         if not self.csv_file.is_file():
             raise DatasetFileNotFoundError(f"CSV annotation file not found: {self.csv_file}")
         if not self.image_dir.is_dir():
             raise DatasetFileNotFoundError(f"CSV image folder not found: {self.image_dir}")
-        with self.csv_file.open(newline="") as handle:
+        data = self.csv_file.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")  # "-sig": a leading byte-order mark is dropped
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise DatasetError(
+                f"{self.csv_file}, line {line}: not UTF-8 text (byte "
+                f"0x{data[error.start]:02x}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        with io.StringIO(text, newline="") as handle:
             reader = csv.DictReader(handle)
             header = tuple(name.strip() for name in reader.fieldnames or ())
             if header != CSV_COLUMNS:
@@ -89,17 +110,32 @@ class CSVDataset(DetectionDataset):
             class_names = sorted({row["class"] for _, row in rows if row["class"]})
         all_names, class_to_label = class_maps(class_names)
         images: dict[str, dict] = {}  # file name -> {"size": (h, w), "boxes": [...], "labels": [...]}
+        first_line: dict[tuple[str, ...], int] = {}  # a box row's values -> the line it was first seen on
+        duplicates = []  # "line L (= line F)"
         for line, row in rows:
             source = f"{self.csv_file}, line {line}"
             corners = [row[key] for key in ("xmin", "ymin", "xmax", "ymax")]
+            size = (_integer(row, "height", source), _integer(row, "width", source))
             if row["filename"] not in images:
                 images[row["filename"]] = {
-                    "path": image_path_inside(self.image_dir, row["filename"], source),
-                    "size": (_integer(row, "height", source), _integer(row, "width", source)),
+                    "path": image_path_inside(self.image_dir, row["filename"], source, follow_symlinks),
+                    "size": size,
+                    "line": line,
                     "boxes": [],
                     "labels": [],
                 }
             image = images[row["filename"]]
+            if 0 not in size and 0 not in image["size"] and size != image["size"]:
+                raise DatasetError(
+                    f"{source}: {row['filename']} is {size[1]}x{size[0]} (width x height) here but "
+                    f"{image['size'][1]}x{image['size'][0]} on line {image['line']}; one image has one size: the "
+                    "rows come from two versions of the file, fix the rows of the wrong one"
+                )
+            values = tuple(row[key] for key in CSV_COLUMNS)
+            if row["class"] and values in first_line:
+                duplicates.append(f"line {line} (= line {first_line[values]})")
+                continue
+            first_line.setdefault(values, line)
             if not row["class"]:
                 if any(corners):  # a box without a class would be lost silently
                     raise DatasetError(
@@ -120,4 +156,10 @@ class CSVDataset(DetectionDataset):
             make_record(name, image["path"], *image["size"], image["boxes"], image["labels"])
             for name, image in images.items()
         ]
+        self.num_duplicate_rows = len(duplicates)
+        if duplicates:
+            logger.warning(
+                "%s: %d box rows repeat an earlier row exactly and are used once: %s%s",
+                self.csv_file, len(duplicates), ", ".join(duplicates[:5]), ", ..." if len(duplicates) > 5 else "",
+            )  # fmt: skip
         super().__init__(records, all_names, transform, is_train, name=f"CSV {self.csv_file}")

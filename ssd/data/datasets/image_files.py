@@ -1,8 +1,11 @@
 """Image files of a dataset: keeping annotation paths inside the dataset, decoding, reading sizes; the errors.
 
-- `image_path_inside(root, name, source)`: the path an annotation file gives for an image, refused when it
-  is absolute or climbs out of the image folder with `..` (an annotation file must not make a run read, and
-  train on, any file of the machine).
+- `image_path_inside(root, name, source)`: the path an annotation file gives for an image (or an annotation
+  file), refused when it is absolute, climbs out of the folder with `..`, or is a symbolic link whose target
+  lies outside the folder (an annotation file, or a downloaded archive holding links, must not make a run
+  read, train on and draw into reports any file of the machine). The folder itself may be a link (the
+  user named it); `follow_symlinks=True` (DATASETS.FOLLOW_SYMLINKS) accepts links that leave it, for a
+  folder of links to images kept elsewhere.
 - `read_image_rgb(path, max_pixels)` / `decode_image_rgb(data, max_pixels, name)`: the decoded uint8
   (H, W, 3) RGB image (OpenCV; EXIF orientation applied), refused before decoding when its header says it
   has more than `max_pixels` pixels (INPUT.MAX_IMAGE_PIXELS).
@@ -66,16 +69,16 @@ def check_image_pixels(height: int, width: int, max_pixels: int, name: str) -> N
         )
 
 
-def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
-    """`image_root / name` for an image path written in an annotation file, refusing any path that leaves
-    `image_root` (an absolute path, or one whose `..` climb above it after normalisation).
-
-    The check is on the text (lexical), so symbolic links inside the dataset folder keep working.
+def image_path_inside(image_root: str | Path, name: str, source: str, follow_symlinks: bool = False) -> Path:
+    """`image_root / name` for a path written in an annotation file, refusing any path that leaves
+    `image_root`: an absolute path, one whose `..` climb above it after normalisation, and (unless
+    `follow_symlinks`) one that is a symbolic link, or lies under one, whose target is outside the folder.
 
     Args:
-        image_root: the folder the annotation's paths are relative to.
+        image_root: the folder the annotation's paths are relative to (itself resolved: it may be a link).
         name: the path as written in the annotation file.
         source: where `name` was read (file, line or annotation id), for the error message.
+        follow_symlinks: accept symbolic links whose target is outside `image_root` (DATASETS.FOLLOW_SYMLINKS).
     """
     name = str(name).strip()
     normalised = Path(os.path.normpath(name)) if name else Path(".")
@@ -84,7 +87,24 @@ def image_path_inside(image_root: str | Path, name: str, source: str) -> Path:
             f"{source}: image path {name!r} does not name a file inside the image folder {image_root} "
             "(empty, absolute and '..' paths are refused); write it relative to that folder"
         )
-    return Path(image_root) / normalised
+    path = Path(image_root) / normalised
+    if not follow_symlinks:
+        check_link_inside(image_root, path, source)
+    return path
+
+
+def check_link_inside(folder: str | Path, path: str | Path, source: str) -> None:
+    """Refuse `path` (below `folder` as written) when resolving its symbolic links leads outside `folder`.
+
+    Raises:
+        DatasetError: naming the path, where it leads and DATASETS.FOLLOW_SYMLINKS.
+    """
+    target = Path(path).resolve()
+    if not target.is_relative_to(Path(folder).resolve()):
+        raise DatasetError(
+            f"{source}: {path} is a symbolic link to {target}, outside the dataset folder {folder}; links that "
+            "leave the folder are refused (set DATASETS.FOLLOW_SYMLINKS True to allow them)"
+        )
 
 
 def read_image_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -27,8 +27,9 @@ an expat handler that fires when the parser meets the DOCTYPE, after the file ha
 encoding it declares (UTF-16 included) and before any entity is declared or expanded; a scan of the raw bytes
 would miss a UTF-16 file, and libexpat's own amplification limit exists only in recent versions.
 
-`<filename>` must name a file inside the annotation's folder (see `base.image_path_inside`); a VOC split
-file's ids must stay inside Annotations/ and JPEGImages/.
+`<filename>` must name a file inside the annotation's folder (see `image_files.image_path_inside`); a VOC
+split file's ids must stay inside Annotations/ and JPEGImages/, symbolic links leading out of them included
+(unless `follow_symlinks`, DATASETS.FOLLOW_SYMLINKS).
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class VOCDataset(DetectionDataset):
         transform: see `DetectionDataset`.
         is_train: drop difficult boxes.
         image_ext: extension of the files in JPEGImages/.
+        follow_symlinks: accept files that are symbolic links leading outside Annotations/ and JPEGImages/.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class VOCDataset(DetectionDataset):
         transform: Transform | None = None,
         is_train: bool = False,
         image_ext: str = ".jpg",
+        follow_symlinks: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -182,9 +185,11 @@ class VOCDataset(DetectionDataset):
             source = f"{split_file}, entry {line}"
             records.append(
                 parse_voc_xml(
-                    image_path_inside(self.root / "Annotations", f"{image_id}.xml", source),
+                    image_path_inside(self.root / "Annotations", f"{image_id}.xml", source, follow_symlinks),
                     class_to_label,
-                    image_path=image_path_inside(self.root / "JPEGImages", f"{image_id}{image_ext}", source),
+                    image_path=image_path_inside(
+                        self.root / "JPEGImages", f"{image_id}{image_ext}", source, follow_symlinks
+                    ),
                 )
             )
         super().__init__(records, all_names, transform, is_train, name=f"VOC {self.root}:{split}")
