@@ -155,7 +155,9 @@ def check_config(cfg: CfgNode) -> None:
     if not 0.0 <= cfg.DATASETS.VAL_FRACTION < 1.0:
         raise ConfigError(f"DATASETS.VAL_FRACTION must be in [0, 1), got {cfg.DATASETS.VAL_FRACTION}")
     if cfg.DATASETS.VAL_MAX_IMAGES < 0:
-        raise ConfigError(f"DATASETS.VAL_MAX_IMAGES must be >= 0 (0 = no cap), got {cfg.DATASETS.VAL_MAX_IMAGES}")
+        raise ConfigError(
+            f"DATASETS.VAL_MAX_IMAGES must be >= 0 (0 = no cap), got {cfg.DATASETS.VAL_MAX_IMAGES}"
+        )
     if cfg.SOLVER.EPOCHS < 0 or cfg.SOLVER.EVAL_EPOCHS < 0:
         raise ConfigError(
             f"SOLVER.EPOCHS and SOLVER.EVAL_EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS} and {cfg.SOLVER.EVAL_EPOCHS}"

@@ -220,7 +220,9 @@ def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
         return train, None
     fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
     train_split, _ = split_for_validation(train, fraction, max_images)
-    _, val_split = split_for_validation(build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), fraction, max_images)
+    _, val_split = split_for_validation(
+        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), fraction, max_images
+    )
     capped = max_images and len(val_split) == max_images < round(fraction * len(train))
     logger.info(
         "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
