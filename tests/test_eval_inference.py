@@ -83,7 +83,9 @@ class OnePassDetector(FakeDetector):
 
     def losses_and_detections(self, images, targets, image_sizes=None):
         self.images_seen += images.shape[0]
-        return FakeDetector.forward(self, images, targets), FakeDetector.forward(self, images, None, image_sizes)
+        return FakeDetector.forward(self, images, targets), FakeDetector.forward(
+            self, images, None, image_sizes
+        )
 
 
 class RecordingEvaluator(DatasetEvaluator):
