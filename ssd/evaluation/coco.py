@@ -166,7 +166,9 @@ def _eval_backend(use_fast_impl: bool) -> tuple[Callable[[dict], Any], type, str
             from faster_coco_eval import COCO as FastCOCO  # optional; same numbers, C++ matching
             from faster_coco_eval import COCOeval_faster
         except ImportError:
-            logger.info("faster-coco-eval is not installed; evaluating with pycocotools (slower, same numbers)")
+            logger.info(
+                "faster-coco-eval is not installed; evaluating with pycocotools (slower, same numbers)"
+            )
         else:
             return FastCOCO, COCOeval_faster, "faster-coco-eval"
     return coco_from_dict, COCOeval, "pycocotools"
