@@ -285,3 +285,45 @@ def test_written_files_match_hand_derived_coco_json(tmp_path):
     for k, key in enumerate(("AP", "AP50", "AP75")):
         assert res[key] == pytest.approx(cocoeval.stats[k] * 100, abs=1e-12), key
     assert 50 < res["AP"] < 100
+
+
+def test_coco_dataset_is_evaluated_against_its_own_json_without_keeping_it(tmp_path):
+    """Crowd boxes, mask areas and annotation ids of the JSON are what COCOeval sees (pycocotools on the file
+    itself is the reference), although the dataset no longer holds pycocotools' index."""
+    import cv2
+
+    from ssd.data.datasets import COCODataset
+
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / f"i{k}.png"), np.zeros((200, 300, 3), np.uint8))
+    images = [{"id": k, "file_name": f"i{k}.png", "height": 200, "width": 300} for k in (1, 2)]
+    square = [[0, 0, 10, 0, 10, 10]]
+    annotations = [  # area is a mask area (900: "small") for a 40 x 40 box ("medium" by its box area)
+        {"id": 11, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 900, "iscrowd": 0,
+         "segmentation": square},
+        {"id": 12, "image_id": 1, "category_id": 5, "bbox": [100, 20, 120, 100], "area": 9000, "iscrowd": 0,
+         "segmentation": square},
+        {"id": 13, "image_id": 2, "category_id": 9, "bbox": [50, 50, 150, 120], "area": 15000, "iscrowd": 1,
+         "segmentation": square},
+        {"id": 14, "image_id": 2, "category_id": 9, "bbox": [5, 5, 30, 30], "area": 700, "iscrowd": 0,
+         "segmentation": square},
+    ]  # fmt: skip
+    categories = [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    dataset = COCODataset(json_file, tmp_path)
+    assert not hasattr(dataset, "coco")
+    preds = {
+        0: prediction([[11, 11, 50, 52], [100, 20, 220, 118], [0, 0, 30, 30]], [1, 1, 2], [0.9, 0.8, 0.7]),
+        1: prediction([[60, 60, 190, 160], [5, 5, 36, 34]], [2, 2], [0.95, 0.6]),  # the first on the crowd
+    }
+    res = run_coco(dataset, preds, output_dir=tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(json_file))
+        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        cocoeval = COCOeval(gt, dt, "bbox")
+        cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
+    for k, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
+        expected = cocoeval.stats[k] * 100 if cocoeval.stats[k] >= 0 else float("nan")
+        assert res[key] == pytest.approx(expected, abs=1e-4, nan_ok=True), key
+    assert not math.isnan(res["APs"]) and res["AP"] > 0
