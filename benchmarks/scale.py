@@ -269,11 +269,13 @@ def step_eval(args, num_images: int) -> dict:
     out["gallery_items"] = sum(report["gallery"].values())
     out["AP_faster"], out["AP50_faster"] = results["bbox"]["AP"], results["bbox"]["AP50"]
     out["VOC_mAP"] = results["voc"]["mAP50_07"] if "mAP50_07" in results.get("voc", {}) else float("nan")
+    # The reference: pycocotools on the JSON file itself, segmentation and all (what the evaluator used before).
     detections = json.loads((folder / "coco_instances_results.json").read_text())
     img_ids = [dataset.get_annotation(i)["image_id"] for i in range(len(dataset))]
     part = time.perf_counter()
+    ground_truth = json.loads((args.root / f"val_{num_images}.json").read_text())
     reference = evaluate_coco_detections(
-        dataset.coco_ground_truth(), detections, img_ids=img_ids, use_fast_impl=False, verbose=False
+        ground_truth, detections, img_ids=img_ids, use_fast_impl=False, verbose=False
     )
     out["pycocotools_s"] = time.perf_counter() - part
     out["AP_pycocotools"], out["AP50_pycocotools"] = reference["AP"], reference["AP50"]
