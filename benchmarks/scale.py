@@ -204,6 +204,12 @@ def step_train(args) -> dict:
     out["worker_gc_s"] = max(gc_times)
 
     model = build_detection_model(cfg)
+    if args.trained_like:  # random heads score every class ~1/C, and nearly all candidates reach NMS
+        from benchmarks.common import make_trained_like
+
+        calibration = torch.stack([val[i][0] for i in range(min(16, len(val)))])  # (16, 3, S, S)
+        make_trained_like(model, calibration, cfg.TEST.CONFIDENCE_THRESHOLD, 1000)
+    out["trained_like_scores"] = bool(args.trained_like)
     sample = DetectionSubset(val, range(min(args.val_sample, len(val))), name="validation sample")
     cfg.defrost()
     cfg.DATA_LOADER.NUM_WORKERS = 0  # the per-image costs alone, in this process
@@ -213,17 +219,25 @@ def step_train(args) -> dict:
     validate_on_dataset(
         model, build_test_loader(cfg, warm), build_evaluator(cfg, warm, analysis=False), "cpu"
     )
-    start = time.perf_counter()
+    # Wall time, and CPU time of this process (one thread): on a loaded machine the second is what an idle
+    # one would take.
+    start, cpu_start = time.perf_counter(), time.process_time()
     validate_on_dataset(model, val_loader, evaluator, "cpu")
     one_pass = (time.perf_counter() - start) / len(sample)
-    start = time.perf_counter()
+    one_pass_cpu = (time.process_time() - cpu_start) / len(sample)
+    start, cpu_start = time.perf_counter(), time.process_time()
     compute_validation_loss(model, val_loader, "cpu")
     inference_on_dataset(model, val_loader, evaluator, "cpu")
     two_passes = (time.perf_counter() - start) / len(sample)
+    two_passes_cpu = (time.process_time() - cpu_start) / len(sample)
     uncapped = round(cfg.DATASETS.VAL_FRACTION * (len(train) + len(val)))
     out["val_sample_images"] = len(sample)
     out["val_one_pass_ms_per_image"], out["val_two_passes_ms_per_image"] = 1e3 * one_pass, 1e3 * two_passes
     out["validation_min_computed"] = one_pass * len(val) / 60
+    out["val_one_pass_cpu_ms_per_image"] = 1e3 * one_pass_cpu
+    out["val_two_passes_cpu_ms_per_image"] = 1e3 * two_passes_cpu
+    out["validation_cpu_min_computed"] = one_pass_cpu * len(val) / 60
+    out["validation_uncapped_two_passes_cpu_min_computed"] = two_passes_cpu * uncapped / 60
     out["validation_uncapped_two_passes_min_computed"] = two_passes * uncapped / 60
     out["val_images_uncapped"] = uncapped
     return out
@@ -245,7 +259,7 @@ def step_eval(args, num_images: int) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     evaluators = build_evaluator(cfg, dataset, folder, f"val_{num_images}")
     rng = np.random.default_rng(1)
-    out: dict = {}
+    out: dict = {"images": num_images, "detections_per_image": 100}
     baseline = reset_peak()
     start = time.perf_counter()
     evaluators.reset()
@@ -342,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-sample", type=int, default=200, help="images timed for the validation cost")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds")
     parser.add_argument("--results", type=Path, help="write the results here as JSON")
+    parser.add_argument("--steps", nargs="+", choices=("train", "eval"), default=["train", "eval"])
+    parser.add_argument(
+        "--trained-like",
+        action="store_true",
+        help="give the random-weight network a trained-like score distribution before timing validation "
+        "(1000 candidates per image above TEST.CONFIDENCE_THRESHOLD, benchmarks/common.py)",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -360,23 +381,28 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"data set under {args.root}: {args.train} train / {args.val} val names ({time.perf_counter() - start:.0f} s)"
     )
-    train = run_step(args, "train")
-    print(
-        f"start-up to the first batch: {train['startup_s']:.1f} s (datasets {train['datasets_s']:.1f} s), "
-        f"peak +{train['startup_peak_gb']:.2f} GB, main process {train['main_rss_gb']:.2f} GB; "
-        f"{train['train_images']} train / {train['val_images']} held-out images"
-    )
-    print(
-        f"worker private memory (forced full GC in the workers): {train['worker_private_mb_first']:.0f} MB "
-        f"after {train['worker_first_batches']} batches, {train['worker_private_mb_last']:.0f} MB after "
-        f"{train['worker_last_batches']} ({train['worker_growth_percent']:+.1f} %); longest GC {train['worker_gc_s']:.3f} s"
-    )
-    print(f"validation, per image ({train['val_sample_images']} timed): one pass {train['val_one_pass_ms_per_image']:.0f} ms, "
-          f"two passes {train['val_two_passes_ms_per_image']:.0f} ms; computed from these: one validation of "
-          f"{train['val_images']} images {train['validation_min_computed']:.1f} min (uncapped, two passes: "
-          f"{train['val_images_uncapped']} images, {train['validation_uncapped_two_passes_min_computed']:.1f} min)")  # fmt: skip
+    train = {}
+    if "train" in args.steps:
+        train = run_step(args, "train", *(["--trained-like"] if args.trained_like else []))
+        print(
+            f"start-up to the first batch: {train['startup_s']:.1f} s (datasets {train['datasets_s']:.1f} s), "
+            f"peak +{train['startup_peak_gb']:.2f} GB, main process {train['main_rss_gb']:.2f} GB; "
+            f"{train['train_images']} train / {train['val_images']} held-out images"
+        )
+        print(
+            f"worker private memory (forced full GC in the workers): {train['worker_private_mb_first']:.0f} MB "
+            f"after {train['worker_first_batches']} batches, {train['worker_private_mb_last']:.0f} MB after "
+            f"{train['worker_last_batches']} ({train['worker_growth_percent']:+.1f} %); longest GC {train['worker_gc_s']:.3f} s"
+        )
+        print(f"validation, per image ({train['val_sample_images']} timed): one pass {train['val_one_pass_ms_per_image']:.0f} ms, "
+              f"two passes {train['val_two_passes_ms_per_image']:.0f} ms; computed from these: one validation of "
+              f"{train['val_images']} images {train['validation_min_computed']:.1f} min (uncapped, two passes: "
+              f"{train['val_images_uncapped']} images, {train['validation_uncapped_two_passes_min_computed']:.1f} min); "
+            f"in CPU time: one pass {train['val_one_pass_cpu_ms_per_image']:.0f} ms, two passes "
+            f"{train['val_two_passes_cpu_ms_per_image']:.0f} ms, one validation {train['validation_cpu_min_computed']:.1f} "
+            f"min (uncapped, two passes: {train['validation_uncapped_two_passes_cpu_min_computed']:.1f} min)")  # fmt: skip
     evals = {}
-    for n in args.eval_images:
+    for n in args.eval_images if "eval" in args.steps else []:
         e = evals[str(n)] = run_step(args, "eval", "--images", str(n))
         print(f"evaluation of {n} images x 100 detections: {e['total_s']:.1f} s (COCO {e['COCOEvaluator_s']:.1f}, "
               f"VOC {e['PascalVOCEvaluator_s']:.1f}, analysis {e['ErrorAnalysisEvaluator_s']:.1f}, report "

@@ -291,7 +291,7 @@ class COCOEvaluator(DatasetEvaluator):
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "ground_truth_coco_format.json", "w") as f:
-                json.dump(gt, f)
+                f.write(json.dumps(gt))  # dumps uses the C encoder, dump does not: 2-3x faster
         return gt
 
     def process(self, inputs: Sequence[Mapping], outputs: Sequence[Mapping]) -> None:
@@ -311,7 +311,7 @@ class COCOEvaluator(DatasetEvaluator):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / "coco_instances_results.json"
             with open(path, "w") as f:
-                json.dump(detections, f)
+                f.write(json.dumps(detections))  # the C encoder, as above (500k entries at COCO size)
             logger.info(f"Saving results to {path}")
         gt = self.ground_truth()
         img_ids = [self.dataset.get_annotation(i)["image_id"] for i in range(len(self.dataset))]
