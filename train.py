@@ -125,7 +125,7 @@ def build_validator(cfg: CfgNode, device: torch.device, dataset):
     best/early-stop decisions.
     """
     from ssd.data.build import build_test_loader
-    from ssd.engine.inference import compute_validation_loss, inference_on_dataset
+    from ssd.engine.inference import compute_validation_loss, validate_on_dataset
     from ssd.evaluation import build_evaluator, flatten_results
 
     if dataset is None:
@@ -137,10 +137,12 @@ def build_validator(cfg: CfgNode, device: torch.device, dataset):
     def validate(model: nn.Module) -> dict[str, float]:
         bare = unwrap(model)  # DDP's forward would expect a backward; evaluation does not need it
         dist_utils.broadcast_buffers(bare)  # every process evaluates rank 0's BatchNorm statistics
-        losses = compute_validation_loss(bare, loader, device)
+        if cfg.TEST.EVALUATORS:  # one pass over the images gives the loss and the detections
+            losses, metrics = validate_on_dataset(bare, loader, evaluator, device)
+        else:
+            losses, metrics = compute_validation_loss(bare, loader, device), {}
         results = {f"val/{name}": value for name, value in losses.items()}
-        if cfg.TEST.EVALUATORS:
-            results.update(flatten_results(inference_on_dataset(bare, loader, evaluator, device)))
+        results.update(flatten_results(metrics))
         return dist_utils.broadcast_object(results)
 
     return validate

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -123,3 +125,23 @@ def test_data_pipeline_benchmark_prints_the_speedup_and_writes_it(bccd_root, tmp
     assert abs(written["speedup"] - ours / reference) < 1e-9
     printed_rates = re.findall(r"(\d+\.\d) images/s median", output)
     assert printed_rates == [f"{ours:.1f}", f"{reference:.1f}"]
+
+
+def test_scale_benchmark_quick_writes_every_step(tmp_path):
+    results = tmp_path / "scale.json"
+    output = run_benchmark("scale.py", "--quick", "--root", str(tmp_path / "data"), "--results", str(results))
+    for line in (
+        "start-up to the first batch",
+        "worker private memory",
+        "one validation of",
+        "evaluation of 24 images",
+    ):
+        assert line in output, output[-2000:]
+    data = json.loads(results.read_text())
+    assert data["command"].startswith("python benchmarks/scale.py --quick") and "machine" in data
+    train, evaluation = data["train"], data["eval"]["24"]
+    # 200 names, 20 % held out (below VAL_MAX_IMAGES): 160 train, 40 validation images.
+    assert (train["train_images"], train["val_images"]) == (160, 40)
+    assert train["worker_last_batches"] > train["worker_first_batches"] > 0
+    assert evaluation["AP_faster"] == pytest.approx(evaluation["AP_pycocotools"], abs=1e-4)
+    assert 0 < evaluation["AP_faster"] < 100 and evaluation["report_mb"] > 0

@@ -5,6 +5,7 @@ import functools
 import io
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from eval_fakes import prediction
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ssd.evaluation.coco import COCOEvaluator, dataset_to_coco_dict
+from ssd.evaluation.coco import COCOEvaluator, dataset_to_coco_dict, evaluate_coco_detections
 
 # 200 x 300 images: big enough for COCO's small / medium / large boxes below.
 FakeDataset = functools.partial(BaseFakeDataset, size=(200, 300))
@@ -88,7 +89,14 @@ def test_no_detections_gives_nan():
     assert math.isnan(res["AP"]) and math.isnan(res["AP-cell"])
 
 
-def test_identical_to_pycocotools_on_random_detections(tmp_path):
+class IntegerIdDataset(BaseFakeDataset):
+    """FakeDataset with COCO's integer image ids (faster-coco-eval takes only those)."""
+
+    def get_annotation(self, index):
+        return {**super().get_annotation(index), "image_id": 1000 + index}
+
+
+def random_set(dataset_class=FakeDataset):
     rng = np.random.default_rng(0)
     names = ("__background__", "a", "b", "c")
     annotations, preds = [], {}
@@ -103,25 +111,73 @@ def test_identical_to_pycocotools_on_random_detections(tmp_path):
         )
         det_labels = np.concatenate([labels, rng.integers(1, 4, 3)])
         preds[i] = prediction(det.tolist(), det_labels.tolist(), rng.random(len(det)).tolist())
-    ds = FakeDataset(annotations, names)
-    res = run_coco(ds, preds, output_dir=tmp_path)
+    return dataset_class(annotations, names, size=(200, 300)), preds
 
-    # pycocotools directly on the two files written by the evaluator
+
+def check_against_pycocotools(res, folder, tolerance):
+    """`res` equals pycocotools run directly on the two files the evaluator wrote into `folder`."""
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(tmp_path / "ground_truth_coco_format.json"))
-        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        gt = COCO(str(folder / "ground_truth_coco_format.json"))
+        dt = gt.loadRes(str(folder / "coco_instances_results.json"))
         cocoeval = COCOeval(gt, dt, "bbox")
         cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
     for k, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
         expected = cocoeval.stats[k] * 100 if cocoeval.stats[k] >= 0 else float("nan")
-        assert res[key] == pytest.approx(expected, abs=1e-12, nan_ok=True), key
+        assert res[key] == pytest.approx(expected, abs=tolerance, nan_ok=True), key
     for cat_id, name in ((1, "a"), (2, "b"), (3, "c")):
         with contextlib.redirect_stdout(io.StringIO()):
             one = COCOeval(gt, dt, "bbox")
             one.params.catIds = [cat_id]
             one.evaluate(), one.accumulate(), one.summarize()
-        assert res[f"AP-{name}"] == pytest.approx(one.stats[0] * 100, abs=1e-12)
+        assert res[f"AP-{name}"] == pytest.approx(one.stats[0] * 100, abs=tolerance)
     assert 0 < res["AP"] < 100
+
+
+def test_identical_to_pycocotools_on_random_detections(tmp_path):
+    dataset, preds = random_set()
+    check_against_pycocotools(run_coco(dataset, preds, output_dir=tmp_path), tmp_path, 1e-12)
+
+
+def test_faster_coco_eval_gives_the_numbers_of_pycocotools(tmp_path, caplog):
+    pytest.importorskip("faster_coco_eval")
+    dataset, preds = random_set(IntegerIdDataset)
+    with caplog.at_level("INFO", logger="ssd.evaluation.coco"):
+        res = run_coco(dataset, preds, output_dir=tmp_path)
+    assert "with faster-coco-eval" in caplog.text
+    check_against_pycocotools(res, tmp_path, 1e-4)
+
+
+def test_without_faster_coco_eval_pycocotools_evaluates(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # `import faster_coco_eval` raises ImportError
+    dataset, preds = random_set(IntegerIdDataset)
+    with caplog.at_level("INFO", logger="ssd.evaluation.coco"):
+        res = run_coco(dataset, preds, output_dir=tmp_path)
+    assert "faster-coco-eval is not installed" in caplog.text and "with pycocotools" in caplog.text
+    check_against_pycocotools(res, tmp_path, 1e-12)
+
+
+def test_evaluation_leaves_the_ground_truth_and_detections_as_given():
+    """No deep copies, yet the caller's dicts are not changed (detections go in as shallow copies)."""
+    dataset, preds = random_set(IntegerIdDataset)
+    gt = dataset_to_coco_dict(dataset)
+    detections = [
+        {
+            "image_id": 1000 + i,
+            "category_id": int(label),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(s),
+        }
+        for i, p in preds.items()
+        for (x1, y1, x2, y2), label, s in zip(p["boxes"].tolist(), p["labels"], p["scores"], strict=True)
+    ]
+    before, gt_before = json.dumps(detections), json.loads(json.dumps(gt))
+    first = evaluate_coco_detections(gt, detections, verbose=False)
+    assert json.dumps(detections) == before
+    # The ground truth only gains the flags pycocotools recomputes on every run.
+    for old, new in zip(gt_before["annotations"], gt["annotations"], strict=True):
+        assert {k: v for k, v in new.items() if k not in ("ignore", "_ignore")} == old
+    again = evaluate_coco_detections(gt, detections, verbose=False)
+    assert again == pytest.approx(first, nan_ok=True)
 
 
 def test_logs_detectron2_tables(caplog):
@@ -237,3 +293,45 @@ def test_written_files_match_hand_derived_coco_json(tmp_path):
     for k, key in enumerate(("AP", "AP50", "AP75")):
         assert res[key] == pytest.approx(cocoeval.stats[k] * 100, abs=1e-12), key
     assert 50 < res["AP"] < 100
+
+
+def test_coco_dataset_is_evaluated_against_its_own_json_without_keeping_it(tmp_path):
+    """Crowd boxes, mask areas and annotation ids of the JSON are what COCOeval sees (pycocotools on the file
+    itself is the reference), although the dataset no longer holds pycocotools' index."""
+    import cv2
+
+    from ssd.data.datasets import COCODataset
+
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / f"i{k}.png"), np.zeros((200, 300, 3), np.uint8))
+    images = [{"id": k, "file_name": f"i{k}.png", "height": 200, "width": 300} for k in (1, 2)]
+    square = [[0, 0, 10, 0, 10, 10]]
+    annotations = [  # area is a mask area (900: "small") for a 40 x 40 box ("medium" by its box area)
+        {"id": 11, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 900, "iscrowd": 0,
+         "segmentation": square},
+        {"id": 12, "image_id": 1, "category_id": 5, "bbox": [100, 20, 120, 100], "area": 9000, "iscrowd": 0,
+         "segmentation": square},
+        {"id": 13, "image_id": 2, "category_id": 9, "bbox": [50, 50, 150, 120], "area": 15000, "iscrowd": 1,
+         "segmentation": square},
+        {"id": 14, "image_id": 2, "category_id": 9, "bbox": [5, 5, 30, 30], "area": 700, "iscrowd": 0,
+         "segmentation": square},
+    ]  # fmt: skip
+    categories = [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    dataset = COCODataset(json_file, tmp_path)
+    assert not hasattr(dataset, "coco")
+    preds = {
+        0: prediction([[11, 11, 50, 52], [100, 20, 220, 118], [0, 0, 30, 30]], [1, 1, 2], [0.9, 0.8, 0.7]),
+        1: prediction([[60, 60, 190, 160], [5, 5, 36, 34]], [2, 2], [0.95, 0.6]),  # the first on the crowd
+    }
+    res = run_coco(dataset, preds, output_dir=tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(json_file))
+        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        cocoeval = COCOeval(gt, dt, "bbox")
+        cocoeval.evaluate(), cocoeval.accumulate(), cocoeval.summarize()
+    for k, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
+        expected = cocoeval.stats[k] * 100 if cocoeval.stats[k] >= 0 else float("nan")
+        assert res[key] == pytest.approx(expected, abs=1e-4, nan_ok=True), key
+    assert not math.isnan(res["APs"]) and res["AP"] > 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssd.engine.inference import compute_validation_loss, inference_on_dataset
+from ssd.engine.inference import compute_validation_loss, inference_on_dataset, validate_on_dataset
 from ssd.evaluation import DatasetEvaluator
 
 
@@ -70,6 +70,24 @@ class FakeDetector(nn.Module):
         ]
 
 
+class OnePassDetector(FakeDetector):
+    """FakeDetector with `losses_and_detections`; counts the images that go through the "network"."""
+
+    def __init__(self):
+        super().__init__()
+        self.images_seen = 0
+
+    def forward(self, images, targets=None, image_sizes=None):
+        self.images_seen += images.shape[0]
+        return super().forward(images, targets, image_sizes)
+
+    def losses_and_detections(self, images, targets, image_sizes=None):
+        self.images_seen += images.shape[0]
+        return FakeDetector.forward(self, images, targets), FakeDetector.forward(
+            self, images, None, image_sizes
+        )
+
+
 class RecordingEvaluator(DatasetEvaluator):
     def reset(self):
         self.seen = {}
@@ -106,6 +124,18 @@ def test_validation_loss_is_the_image_weighted_mean():
     assert losses["reg_loss"] == pytest.approx(5 / 3)
     assert losses["cls_loss"] == pytest.approx(2.0)
     assert losses["loss"] == pytest.approx(5 / 3 + 2)
+    assert model.training
+
+
+def test_validation_in_one_pass_gives_the_loss_and_the_detections():
+    model = OnePassDetector().train()
+    evaluator = RecordingEvaluator()
+    losses, results = validate_on_dataset(model, FakeLoader([[0, 1], [2]]), evaluator, "cpu")
+    assert model.images_seen == 3  # each image through the network once (two passes would be 6)
+    assert losses["reg_loss"] == pytest.approx(5 / 3) and losses["cls_loss"] == pytest.approx(2.0)
+    assert losses["loss"] == pytest.approx(5 / 3 + 2)
+    assert results == {"fake": {"count": 3.0}}
+    assert evaluator.seen == {0: [0, 0, 200, 100], 1: [0, 0, 60, 50], 2: [0, 0, 400, 300]}
     assert model.training
 
 

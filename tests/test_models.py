@@ -124,6 +124,27 @@ def test_zero_box_images_in_a_batch():
     sum(empty.values()).backward()
 
 
+def test_losses_and_detections_are_those_of_the_parts_from_one_pass():
+    """Validation's one pass: the loss and the detections equal those computed from the network's outputs
+    with the matching, the loss and the post-processor called by hand."""
+    from ssd.modeling.box_coder import match_and_encode_batch
+
+    model = build("mobilenet_v2_ssd320_voc0712.yaml", *SMALL_MOBILENET).eval()
+    images, sizes = torch.randn(2, 3, 128, 128) * 50, [(480, 640), (200, 150)]
+    targets = [one_box_target(3), no_box_target()]
+    with torch.no_grad():
+        losses, detections = model.losses_and_detections(images, targets, image_sizes=sizes)
+        cls_logits, offsets = model.predict_raw(images)
+        target_offsets, target_labels = match_and_encode_batch(
+            targets, model.priors_cxcywh, model.iou_threshold, model.center_variance, model.size_variance
+        )
+        expected_losses = model.loss(cls_logits, offsets, target_labels, target_offsets)
+        expected_detections = model.postprocessor(cls_logits, offsets, model.priors_cxcywh, sizes)
+    torch.testing.assert_close(losses, expected_losses)
+    torch.testing.assert_close(detections, expected_detections)
+    assert losses["reg_loss"] > 0 and len(detections) == 2
+
+
 def test_model_api():
     model = build("mobilenet_v3_ssd320_voc0712.yaml", *SMALL_MOBILENET).eval()
     num_priors = (8 * 8 + 4 * 4 + 2 * 2 + 1 + 1 + 1) * 6

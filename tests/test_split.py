@@ -73,3 +73,26 @@ def test_named_val_and_zero_fraction():
     assert (len(train), len(val)) == (20, 6)
     train, val = build_train_val_datasets(synthetic_cfg("DATASETS.VAL_FRACTION", "0.0"))
     assert len(train) == 20 and val is None
+
+
+def test_holdout_is_capped_at_max_images_and_the_rest_stays_in_training():
+    names = [f"img_{i:04d}.jpg" for i in range(1000)]
+    train, val = holdout_split(names, 0.2, max_images=30)
+    assert len(val) == 30 and len(train) == 970 and set(train).isdisjoint(val)
+    # The 30 held out are the 30 smallest SHA-1 hashes of the names (computed here independently).
+    digest = {i: hashlib.sha1(n.encode()).digest()[:8] for i, n in enumerate(names)}
+    assert val == sorted(sorted(digest, key=digest.get)[:30])
+    assert len(holdout_split(names, 0.02, max_images=30)[1]) == 20  # below the cap: the fraction applies
+    assert len(holdout_split(names, 0.2, max_images=0)[1]) == 200  # 0 = no cap
+    with pytest.raises(ValueError, match="VAL_MAX_IMAGES"):
+        holdout_split(names, 0.2, max_images=-1)
+
+
+def test_config_cap_is_logged(caplog):
+    with caplog.at_level("INFO"):
+        train, val = build_train_val_datasets(
+            synthetic_cfg("DATASETS.VAL_FRACTION", "0.25", "DATASETS.VAL_MAX_IMAGES", "3")
+        )
+    assert (len(train), len(val)) == (17, 3)
+    assert "holding out 3 of the 20 training images" in caplog.text
+    assert "capped at DATASETS.VAL_MAX_IMAGES 3" in caplog.text

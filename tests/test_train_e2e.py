@@ -244,9 +244,9 @@ def test_torchrun_two_processes_shard_the_data_and_keep_identical_weights(tmp_pa
     train0, train1 = ({i for batch in rank["train"] for i in batch} for rank in indices)
     assert [len(rank["train"]) for rank in indices] == [3, 3]
     assert not train0 & train1 and train0 | train1 == set(range(24)), (sorted(train0), sorted(train1))
-    # the test loader is iterated 3 times per evaluation (validation loss, then AP; final test: AP only)
+    # the test loader is iterated once per evaluation (each validation: loss and AP in one pass; final test: AP)
     test0, test1 = ([i for batch in rank["test"] for i in batch] for rank in indices)
-    assert len(test0) == len(test1) == 4 * (2 + 2 + 1)
+    assert len(test0) == len(test1) == 4 * (1 + 1 + 1)
     assert not set(test0) & set(test1) and set(test0) | set(test1) == set(range(8))
 
     # The gathered final evaluation equals a single process's evaluation of the saved model.

@@ -234,7 +234,7 @@ def build_fit_dataset(cfg) -> DetectionDataset | DetectionConcatDataset | Detect
     train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
     if not _holds_out_validation(cfg, len(train)):
         return train
-    return split_for_validation(train, cfg.DATASETS.VAL_FRACTION)[0]
+    return split_for_validation(train, cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES)[0]
 
 
 def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
@@ -255,15 +255,18 @@ def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
         if cfg.DATASETS.VAL_FRACTION <= 0:
             logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
         return train, None
-    train_split, _ = split_for_validation(train, cfg.DATASETS.VAL_FRACTION)
+    fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
+    train_split, _ = split_for_validation(train, fraction, max_images)
     _, val_split = split_for_validation(
-        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), cfg.DATASETS.VAL_FRACTION
+        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), fraction, max_images
     )
+    capped = max_images and len(val_split) == max_images < round(fraction * len(train))
     logger.info(
-        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g, chosen by "
+        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
         "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
         "other %d. DATASETS.TEST is not used before the final evaluation.",
-        len(val_split), len(train), cfg.DATASETS.VAL_FRACTION, len(train_split),
+        len(val_split), len(train), fraction, f", capped at DATASETS.VAL_MAX_IMAGES {max_images}" if capped else "",
+        len(train_split),
     )  # fmt: skip
     return train_split, val_split
 

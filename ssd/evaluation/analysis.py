@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from ssd.evaluation.voc import average_precision, box_iou_pixels, match_detectio
 logger = logging.getLogger(__name__)
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
+ANNOTATED_CLASSES = 25  # up to this many classes, the plots name every class (cell counts, legend entries)
 
 
 def _greedy_match(iou: np.ndarray, allowed: np.ndarray, threshold: float) -> np.ndarray:
@@ -258,30 +260,40 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def plot_confusion_matrix(report: Mapping, path: str | Path) -> None:
-    """Save the confusion matrix of `ErrorAnalysisEvaluator.analyse` as a PNG (rows ground truth)."""
+def plot_confusion_matrix(report: Mapping, path: str | Path | BinaryIO) -> None:
+    """Save the confusion matrix of `ErrorAnalysisEvaluator.analyse` as a PNG (rows ground truth).
+
+    Up to ANNOTATED_CLASSES classes every cell shows its count; above, the cells are colour only and the figure
+    stops growing (80 COCO classes: 6,561 numbers would be unreadable, and drawing them is most of the time).
+    """
     counts = np.asarray(report["confusion_matrix"]["counts"])
     names = ["background"] + list(report["class_names"][1:])
-    side = 2.5 + 0.5 * len(names)
+    annotated = len(names) <= ANNOTATED_CLASSES + 1
+    cell = 0.5 if annotated else 12.0 / len(names)  # inches per class
+    side = 2.5 + cell * len(names)
     fig = _new_figure(max(6.0, side + 1.5), max(5.0, side))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)
-    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), labels=names)
+    font = 8 if annotated else 5
+    ax.set_xticks(
+        range(len(names)), labels=names, rotation=45 if annotated else 90, ha="right", fontsize=font
+    )
+    ax.set_yticks(range(len(names)), labels=names, fontsize=font)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     ax.set_title(f"Confusion matrix (score >= {report['score_threshold']}, IoU >= {report['iou_threshold']})")
-    threshold = counts.max() / 2 if counts.size else 0
-    for g in range(counts.shape[0]):
-        for p in range(counts.shape[1]):
-            color = "white" if counts[g, p] > threshold else "black"
-            ax.text(p, g, str(counts[g, p]), ha="center", va="center", color=color, fontsize=8)
+    if annotated:
+        threshold = counts.max() / 2 if counts.size else 0
+        for g in range(counts.shape[0]):
+            for p in range(counts.shape[1]):
+                color = "white" if counts[g, p] > threshold else "black"
+                ax.text(p, g, str(counts[g, p]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
 
-def plot_pr_curves(report: Mapping, path: str | Path) -> None:
+def plot_pr_curves(report: Mapping, path: str | Path | BinaryIO) -> None:
     """Save the per-class precision/recall curves of `ErrorAnalysisEvaluator.analyse` as a PNG."""
     fig = _new_figure(7, 5)
     ax = fig.add_subplot(1, 1, 1)
@@ -297,7 +309,7 @@ def plot_pr_curves(report: Mapping, path: str | Path) -> None:
     ax.set_ylabel("precision")
     ax.set_title(f"Precision-recall at IoU {report['iou_threshold']}")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0] and len(report["class_names"]) <= ANNOTATED_CLASSES + 1:
+        ax.legend(loc="lower left", fontsize=8)  # above, a legend would cover the plot (the table names them)
     fig.tight_layout()
     fig.savefig(path)

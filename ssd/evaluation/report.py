@@ -107,7 +107,14 @@ def write_report(
         with open(folder / "results.json") as f:
             results = json.load(f)
     page, info = build_report(
-        dataset, predictions, results or {}, dataset_name, score_threshold, per_class, error_rules
+        dataset,
+        predictions,
+        results or {},
+        dataset_name,
+        score_threshold,
+        per_class,
+        error_rules,
+        saved_plots=folder,
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -118,6 +125,29 @@ def write_report(
     return {"path": path, **info}
 
 
+def _saved_plots(folder: Path | None, analysis: Mapping) -> dict[str, bytes]:
+    """{PNG file name: bytes} of the plots in `folder` that show `analysis` (per its saved analysis.json):
+    the confusion matrix when the counts, thresholds and classes are the same, the PR curves when the curves
+    are (they can differ in the last digits: the report reads the detections back from the COCO JSON)."""
+    if folder is None or not (folder / "analysis.json").is_file():
+        return {}
+    with open(folder / "analysis.json") as f:
+        saved = json.load(f)
+    current = json.loads(json.dumps(analysis))  # the same types as the saved file (tuples -> lists)
+    same_setting = all(
+        saved.get(k) == current[k] for k in ("score_threshold", "iou_threshold", "class_names")
+    )
+    shows = {
+        "confusion_matrix.png": same_setting and saved.get("confusion_matrix") == current["confusion_matrix"],
+        "pr_curves.png": same_setting and saved.get("pr_curves") == current["pr_curves"],
+    }
+    return {
+        name: (folder / name).read_bytes()
+        for name, same in shows.items()
+        if same and (folder / name).is_file()
+    }
+
+
 def build_report(
     dataset,
     predictions: Mapping[int, Mapping[str, np.ndarray]],
@@ -126,8 +156,13 @@ def build_report(
     score_threshold: float,
     per_class: int = 8,
     error_rules: str = "tide",
+    saved_plots: Path | None = None,
 ) -> tuple[str, dict]:
-    """The HTML page and {"gallery": {error type: entries}, "summary": error breakdown} (see `write_report`)."""
+    """The HTML page and {"gallery": {error type: entries}, "summary": error breakdown} (see `write_report`).
+
+    `saved_plots`: a folder where the error analysis of test.py saved analysis.json and its PNGs; a PNG is
+    embedded instead of being drawn again when it shows this report's analysis (`_saved_plots`).
+    """
     class_names = list(dataset.class_names)
     empty = {"boxes_xyxy": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "scores": np.zeros(0)}
     gts = [load_ground_truth(dataset, i) for i in range(len(dataset))]
@@ -140,7 +175,7 @@ def build_report(
 
     sections = [
         summary_section(results, analysis, summary, gts, class_names),
-        plots_section(analysis),
+        plots_section(analysis, _saved_plots(saved_plots, analysis)),
         errors_section(summary, class_names),
         sizes_section(summary, results, class_names),
         galleries_section(items, class_names, score_threshold),

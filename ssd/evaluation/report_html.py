@@ -97,6 +97,10 @@ def summary_section(results: Mapping, analysis: Mapping, summary: Mapping, gts, 
     return "".join(parts) + "</section>"
 
 
+# The plots of the error analysis, with the file names ErrorAnalysisEvaluator saves them under.
+PLOT_FILES = {"pr_curves.png": plot_pr_curves, "confusion_matrix.png": plot_confusion_matrix}
+
+
 def _png(plot, analysis: Mapping) -> str | None:
     """A plot function of ssd.evaluation.analysis drawn into a data URI; None without matplotlib."""
     try:
@@ -107,13 +111,17 @@ def _png(plot, analysis: Mapping) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plots_section(analysis: Mapping) -> str:
+def plots_section(analysis: Mapping, saved: Mapping[str, bytes] | None = None) -> str:
+    """The PR curves and the confusion matrix; `saved` (PNG file name -> bytes, see PLOT_FILES) are embedded
+    as they are instead of being drawn again."""
     figures = []
-    for plot, caption in (
-        (plot_pr_curves, "precision-recall curves"),
-        (plot_confusion_matrix, "confusion matrix"),
+    for (file_name, plot), caption in zip(
+        PLOT_FILES.items(), ("precision-recall curves", "confusion matrix"), strict=True
     ):
-        uri = _png(plot, analysis)
+        if saved is not None and file_name in saved:
+            uri = "data:image/png;base64," + base64.b64encode(saved[file_name]).decode("ascii")
+        else:
+            uri = _png(plot, analysis)
         if uri is None:
             figures.append(f"<p>(no {caption}: matplotlib is not installed)</p>")
         else:

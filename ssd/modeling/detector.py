@@ -8,6 +8,7 @@ conv on each predicts, for every prior of every cell, class scores and offsets f
       -> predictor               -> cls_logits (N, P, C), offsets (N, P, 4)       (`predict_raw`)
       -> targets given:  match_and_encode_batch + MultiBoxLoss -> {"reg_loss", "cls_loss"}
          no targets:     PostProcessor -> per image {"boxes" (K, 4) xyxy pixels, "labels", "scores"}
+         validation:     both from the same network outputs              (`losses_and_detections`)
 """
 
 from __future__ import annotations
@@ -92,17 +93,45 @@ class SSDDetector(nn.Module):
         """
         cls_logits, offsets = self.predict_raw(images)
         if targets is not None:
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"{len(targets)} targets for a batch of {images.shape[0]} images")
-            # Matching happens here, next to the priors, so that every prior has one owner (STYLE rule 4).
-            target_offsets, target_labels = match_and_encode_batch(
-                list(targets),
-                self.priors_cxcywh,
-                self.iou_threshold,
-                self.center_variance,
-                self.size_variance,
-            )
-            return self.loss(cls_logits, offsets, target_labels, target_offsets)
+            return self._losses(cls_logits, offsets, targets)
+        return self._detections(cls_logits, offsets, images, image_sizes)
+
+    def losses_and_detections(
+        self,
+        images: Tensor,
+        targets: Sequence[dict[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """Both results of `forward` from one pass of the network (validation: the loss and the metrics
+        without running the images through the network twice). Arguments and results as in `forward`."""
+        cls_logits, offsets = self.predict_raw(images)
+        losses = self._losses(cls_logits, offsets, targets)
+        return losses, self._detections(cls_logits, offsets, images, image_sizes)
+
+    def _losses(
+        self, cls_logits: Tensor, offsets: Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """cls_logits (N, P, C), offsets (N, P, 4), N targets -> {"reg_loss", "cls_loss"}."""
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        # Matching happens here, next to the priors, so that every prior has one owner (STYLE rule 4).
+        target_offsets, target_labels = match_and_encode_batch(
+            list(targets),
+            self.priors_cxcywh,
+            self.iou_threshold,
+            self.center_variance,
+            self.size_variance,
+        )
+        return self.loss(cls_logits, offsets, target_labels, target_offsets)
+
+    def _detections(
+        self,
+        cls_logits: Tensor,
+        offsets: Tensor,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]] | None,
+    ) -> list[dict[str, Tensor]]:
+        """cls_logits (N, P, C), offsets (N, P, 4) -> N dicts of detections in original-image pixels."""
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         return self.postprocessor(cls_logits, offsets, self.priors_cxcywh, list(image_sizes))

@@ -39,6 +39,7 @@ from ssd.data.datasets.image_files import (
     image_size_from_file,
     read_image_rgb,
 )
+from ssd.data.datasets.records import RecordTable
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +122,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.size_mismatch_files: list[str] = []  # "file: annotated WxH, file WxH"
         if self.reads_image_files:
             records = self._check_image_files(records)
-        self._records = [self._check_boxes(record) for record in records]
-        for record in self._records:  # get_annotation hands out the cached arrays: make them read-only
-            for key in ("boxes_xyxy", "labels", "difficult"):
-                record[key].flags.writeable = False
+        # Packed into arrays (records.py): DataLoader workers then share them without copying pages.
+        self._records = RecordTable([self._check_boxes(record) for record in records])
         self._report_bad_boxes()
 
     # ----- the contract -------------------------------------------------------------------------------
@@ -138,13 +137,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         Returns:
             dict with `image_id`, `file_name`, `height`, `width` (of the original image), `boxes_xyxy`
             float32 (G, 4) pixels, `labels` int64 (G,) in 1..C-1, `difficult` bool (G,). All boxes, difficult
-            ones included, already clipped to the image and without degenerate boxes. The arrays are read-only.
+            ones included, already clipped to the image and without degenerate boxes. The arrays are read-only
+            views into the dataset's packed records (`records.RecordTable`); the dict is made on each call.
         """
         return self._records[index]
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 (H, W, 3) RGB image; raises an error naming the file when it cannot be read."""
-        return read_image_rgb(self._records[index]["file_name"], self.max_image_pixels)
+        return read_image_rgb(
+            self._records[index]["file_name"], self.max_image_pixels
+        )  # one record made: cheap next to decoding
 
     @property
     def contiguous_id_to_dataset_id(self) -> dict[int, int]:

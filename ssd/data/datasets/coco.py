@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ssd.data.datasets.base import BACKGROUND, DetectionDataset, Transform, make_record
 from ssd.data.datasets.image_files import DatasetError, DatasetFileNotFoundError, image_path_inside
 
@@ -131,9 +133,15 @@ class COCODataset(DetectionDataset):
                 "add those images to 'images' or remove the annotations",
                 self.json_file, len(orphans), ", ".join(map(str, orphans[:5])), ", ..." if len(orphans) > 5 else "",
             )  # fmt: skip
+        self._ground_truth = self._compact_ground_truth()
+        self._categories = [dict(self.coco.cats[cat_id]) for cat_id in category_ids]
+        # pycocotools' index holds every polygon (about 2.2 GB for a COCO-sized JSON, issue 23); the records and
+        # the compact ground truth are all that is used after this point.
+        del self.coco
         super().__init__(records, (BACKGROUND, *names), transform, is_train, name=f"COCO {self.json_file}")
         if remove_empty:  # images with no box left to train on (crowd regions are not trained on)
-            self._records = [record for record in self._records if (~record["difficult"]).any()]
+            keep = [i for i in range(len(self._records)) if (~self._records[i]["difficult"]).any()]
+            self._records = self._records.select(keep)
 
     def _read_json(self) -> dict[str, Any]:
         """The JSON file's dict, checked for what pycocotools would otherwise mishandle without a word."""
@@ -162,6 +170,45 @@ class COCODataset(DetectionDataset):
                     f"unique (pycocotools would keep only the last {what} of each id)"
                 )
         return content
+
+    def _compact_ground_truth(self) -> dict[str, np.ndarray]:
+        """What COCOeval reads of the annotations of known images, crowd ones included, as arrays (no masks)."""
+        annotations = [a for i, anns in self.coco.imgToAnns.items() if i in self.coco.imgs for a in anns]
+        boxes = np.zeros((len(annotations), 4), np.float64)  # (A, 4) xywh pixels
+        for n, a in enumerate(annotations):
+            if a.get("iscrowd", 0):  # crowd boxes are not checked by _box_xyxy: check them here
+                x1, y1, x2, y2 = self._box_xyxy(a)
+                boxes[n] = (x1, y1, x2 - x1, y2 - y1)
+            else:
+                boxes[n] = a["bbox"]
+        # A missing `area` (pycocotools would stop with a KeyError) is the box area.
+        areas = [a.get("area", boxes[n, 2] * boxes[n, 3]) for n, a in enumerate(annotations)]
+        return {
+            "image_ids": np.array(sorted(self.coco.imgs)),  # (I,)
+            "ids": np.array([a.get("id", n + 1) for n, a in enumerate(annotations)]),  # (A,)
+            "image_id": np.array([a["image_id"] for a in annotations]),  # (A,)
+            "category_id": np.array([a["category_id"] for a in annotations], np.int64),  # (A,)
+            "bbox": boxes,
+            "area": np.array(areas, np.float64),  # (A,)
+            "iscrowd": np.array([int(bool(a.get("iscrowd", 0))) for a in annotations], np.int64),  # (A,)
+        }
+
+    def coco_ground_truth(self) -> dict:
+        """The JSON's ground truth as the COCO evaluator needs it: a COCO instances dict of every image and
+        every box annotation, crowd ones included (`iscrowd` 1, ignored by COCOeval as in the official
+        evaluation), `area` as written (the mask area for official COCO), without segmentation. Made from
+        compact arrays on each call; the dataset does not keep the JSON."""
+        gt = self._ground_truth
+        columns = zip(
+            gt["ids"].tolist(), gt["image_id"].tolist(), gt["category_id"].tolist(), gt["bbox"].tolist(),
+            gt["area"].tolist(), gt["iscrowd"].tolist(), strict=True,
+        )  # fmt: skip
+        keys = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+        return {
+            "images": [{"id": image_id} for image_id in gt["image_ids"].tolist()],
+            "annotations": [dict(zip(keys, values, strict=True)) for values in columns],
+            "categories": [dict(c) for c in self._categories],
+        }
 
     def _label(self, annotation: dict[str, Any]) -> int:
         category_id = annotation.get("category_id")
