@@ -67,7 +67,7 @@ def flatten_metrics(results: dict) -> dict[str, float]:
 
 
 def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (n - 1; 0 for one run), min and max, rounded to 0.01."""
+    """Mean, sample standard deviation (n - 1; 0 for one run), min and max, rounded to 1e-4."""
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {

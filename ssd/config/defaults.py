@@ -112,8 +112,8 @@ _C.INPUT.PIXEL_MEAN = [123, 117, 104]
 _C.INPUT.AUGMENTATION = "ssd"
 # (new) Largest image accepted, read from the file's header before anything is decoded: datasets (checked
 # when built: one error naming every larger file), demo.py (the file is skipped and named) and the
-# TorchServe handler (answered 413). A PNG of one colour, 30000 x 30000, is under 1 MB on disk but 2.7 GB
-# decoded. The default, 150 million (15000 x 10000, 450 MB decoded), passes camera photos (24-100 MP);
+# TorchServe handler (answered 413). A PNG of one colour, 30000 x 30000, is tiny on disk but 3 bytes a pixel
+# once decoded. The default, 150 million (15000 x 10000), passes camera photos (24-100 megapixels);
 # OpenCV's own limit is 2^30 (1074 million). 0 = no limit but OpenCV's.
 # unit: pixels (width x height). constraint: >= 0.
 _C.INPUT.MAX_IMAGE_PIXELS = 150_000_000
@@ -135,7 +135,7 @@ _C.DATASETS.VAL = ()
 # constraint: in [0, 1).
 _C.DATASETS.VAL_FRACTION = 0.2
 # (new) Cap on the images held out by DATASETS.VAL_FRACTION (a number of images; 0 = no cap). Small datasets
-# keep their full fraction; on COCO (118k images) 20 % would be 23,657 images held out of training and hours
+# keep their full fraction; on COCO (118k images) a fifth would be 23,657 images held out of training and hours
 # per validation, the cap keeps validation to minutes. The images beyond the cap stay in training.
 # constraint: >= 0.
 _C.DATASETS.VAL_MAX_IMAGES = 2000
