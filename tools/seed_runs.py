@@ -31,17 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from any folder without installing the package
 
-
-def cpu_model() -> str:
-    """The CPU's model name as `lscpu` prints it ("AMD EPYC", "Intel(R) Xeon(R) ..."), else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ssd.utils.device import cpu_model  # noqa: E402
 
 
 def machine_description() -> dict:

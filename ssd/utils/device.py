@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from ssd.config import ConfigError
@@ -27,3 +30,18 @@ def select_device(name: str) -> torch.device:
             device = torch.device("cuda", dist_utils.get_local_rank())
         torch.backends.cudnn.benchmark = True
     return device
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("AMD EPYC", "Intel(R) Xeon(R) ..."), else platform's guess.
+
+    Results files (benchmarks/record.py, tools/seed_runs.py) record it: float and int8 kernels differ between
+    CPU families, so a measured number names the CPU it came from.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
