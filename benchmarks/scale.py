@@ -327,7 +327,7 @@ def synthetic_detections(annotation: dict, rng) -> dict:
 
 
 def machine() -> str:
-    from benchmarks.common import machine_line
+    from benchmarks.record import machine_line
 
     return machine_line(1)
 
