@@ -159,7 +159,7 @@ def check_page(
             ]
             if not tokens:
                 continue
-            row_files = RESULTS_FILE.findall(raw) if raw.lstrip().startswith("|") else []
+            row_files = list(dict.fromkeys(RESULTS_FILE.findall(raw))) if raw.lstrip().startswith("|") else []
             if raw.lstrip().startswith("|") and any(m in recomputed for m in SHIPPED_MODEL.findall(raw)):
                 continue  # re-measured by the shipped-model test
             if not block.marked:
