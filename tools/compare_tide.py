@@ -20,9 +20,7 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -88,16 +86,9 @@ def run_tidecv(gts, preds) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[0]
-    return f"{model}, {len(os.sched_getaffinity(0))} CPUs, load average {load} when measured"
+    from ssd.utils.device import cpu_model
+
+    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.2f} when measured"
 
 
 def main(argv: list[str] | None = None) -> dict:
