@@ -42,3 +42,21 @@ def prediction(boxes, labels, scores):
         "labels": torch.tensor(labels, dtype=torch.int64),
         "scores": torch.tensor(scores, dtype=torch.float32),
     }
+
+
+def gt(boxes, labels, difficult=None):
+    """One image's ground truth as the error breakdown takes it: boxes_xyxy (G, 4), labels (G,), difficult (G,)."""
+    return {
+        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
+        "labels": np.array(labels, np.int64),
+        "difficult": np.array(difficult or [False] * len(labels), bool),
+    }
+
+
+def pred(boxes, labels, scores):
+    """One image's detections as the error breakdown takes them: boxes_xyxy (K, 4), labels (K,), scores (K,)."""
+    return {
+        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
+        "labels": np.array(labels, np.int64),
+        "scores": np.array(scores, float),
+    }

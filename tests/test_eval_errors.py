@@ -11,6 +11,7 @@ A class with detections but no box has AP 0 and counts in the mAP; a class with 
 
 import numpy as np
 import pytest
+from eval_fakes import gt, pred
 
 from ssd.evaluation.error_oracle import coco_101_point_ap
 from ssd.evaluation.errors import ERROR_TYPES, error_breakdown, label_image_errors, size_of
@@ -28,22 +29,6 @@ SLIVER_A = [0, 0, 10, 3]  # IoU 0.3
 TALL_A = [0, 0, 10, 23.3]  # IoU with A = 100 / 233 = 0.43, covers 0.43 of itself with A
 EMPTY = [30, 30, 40, 40]  # touches no box
 EMPTY2 = [30, 0, 40, 10]
-
-
-def gt(boxes, labels, difficult=None):
-    return {
-        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
-        "labels": np.array(labels, np.int64),
-        "difficult": np.array(difficult or [False] * len(labels), bool),
-    }
-
-
-def pred(boxes, labels, scores):
-    return {
-        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
-        "labels": np.array(labels, np.int64),
-        "scores": np.array(scores, float),
-    }
 
 
 def breakdown(gts, preds, threshold=0.0, rules="tide"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_fakes import gt, pred
 
 from ssd.evaluation.errors import ERROR_TYPES, error_breakdown
 
@@ -49,22 +50,6 @@ SLIVER_A = [0, 0, 10, 3]  # 0.3
 LEFT_OF_NEAR_A = [-4, 0, 6, 10]  # IoU with NEAR_A 1/3
 EMPTY = [30, 30, 40, 40]
 EMPTY2 = [30, 0, 40, 10]
-
-
-def gt(boxes, labels, difficult=None):
-    return {
-        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
-        "labels": np.array(labels, np.int64),
-        "difficult": np.array(difficult or [False] * len(labels), bool),
-    }
-
-
-def pred(boxes, labels, scores):
-    return {
-        "boxes_xyxy": np.array(boxes, float).reshape(-1, 4),
-        "labels": np.array(labels, np.int64),
-        "scores": np.array(scores, float),
-    }
 
 
 def xywh(box) -> list[float]:
