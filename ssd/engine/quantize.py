@@ -16,8 +16,9 @@ Runtime's quantization guide names as the first choice for CPUs in general. The 
 activations with signed weights ("U8S8", `activations="uint8"`), runs on x86 through an instruction that
 adds pairs of u8 x s8 products into 16 bits (VPMADDUBSW) on CPUs without VNNI, and that sum can saturate;
 which kernel runs depends on the CPU family (AVX2, AVX-512 VNNI, AMX), so the same U8S8 file can lose
-different amounts of accuracy on two machines (issue 19: AP50 -0.04 on an AMD EPYC, -1.09 on an Intel Xeon
-with AMX, same file and images). docs/serving.md has the measured comparison.
+different amounts of accuracy on two machines (issue 19, 60 shapes images: AP50 -0.22 on an AMD EPYC, -1.09
+on an Intel Xeon with AMX). The price of S8S8 is speed: on the AMD EPYC measured here its MobileNet networks
+ran slower than fp32, U8S8 faster. docs/serving.md has the measured accuracy and speed of both.
 
 Depthwise convs (one filter per channel: groups == channels) are the usual trouble in MobileNets: a filter
 of 9 weights gets its own scale, which is fine, but the activations between depthwise and pointwise convs
@@ -57,9 +58,8 @@ class _BatchReader:
 
     def __init__(self, batches: Iterable[np.ndarray]):
         self._batches: Iterator[np.ndarray] = iter(batches)
-        self._distinct: set[int] = (
-            set()
-        )  # hashes of the images: a calibration set of one image repeated is one
+        # hashes of the images seen: a calibration set of one image repeated counts as one
+        self._distinct: set[int] = set()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
