@@ -11,16 +11,14 @@ import torch
 from ssd.config import ConfigError, load_config
 from ssd.data.build import build_dataset, build_fit_dataset
 from ssd.modeling import build_detection_model
+from ssd.modeling.prior_coverage import coverage_report, nearest_prior_iou
 from ssd.modeling.prior_fitting import (
-    _level_shapes,
     choose_augmentation,
-    coverage_report,
     fit_priors,
-    nearest_prior_iou,
     resolve_auto_priors,
     resolve_priors_for_inference,
 )
-from ssd.modeling.priors import make_priors
+from ssd.modeling.priors import level_sizes, make_priors
 from ssd.structures.boxes import box_iou, cxcywh_to_xyxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +32,9 @@ def test_nearest_prior_iou_equals_the_best_over_the_whole_grid():
     centres = rng.uniform(0, size, (200, 2))
     sides = rng.uniform(5, 90, (200, 2))
     boxes_cxcywh = np.concatenate((centres, sides), axis=1)  # (200, 4) pixels
-    shortcut = nearest_prior_iou(boxes_cxcywh, _level_shapes(20, 45, [2.0]), feature_map, stride, size)
+    shortcut = nearest_prior_iou(
+        boxes_cxcywh, np.asarray(level_sizes(20, 45, [2.0])), feature_map, stride, size
+    )
     priors = make_priors(size, [feature_map], [stride], [20], [45], [[2.0]], clip=True).double()  # (P, 4)
     boxes_xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes_cxcywh / size))
     brute = box_iou(boxes_xyxy, cxcywh_to_xyxy(priors)).max(dim=1).values.numpy()
