@@ -40,13 +40,16 @@ def nearest_prior_ious(
     """
     index = np.clip(np.floor(boxes_cxcywh[:, :2] / stride), 0, feature_map - 1)  # (G, 2)
     centres = (index + 0.5) * stride  # (G, 2) nearest prior centre
-    shapes = np.minimum(shapes_wh, image_size)  # (A, 2) CLIP clamps w and h to the image
-    half_boxes = boxes_cxcywh[:, None, 2:] / 2  # (G, 1, 2)
-    half_priors = shapes[None, :, :] / 2  # (1, A, 2)
-    low = np.maximum(boxes_cxcywh[:, None, :2] - half_boxes, centres[:, None, :] - half_priors)  # (G, A, 2)
-    high = np.minimum(boxes_cxcywh[:, None, :2] + half_boxes, centres[:, None, :] + half_priors)  # (G, A, 2)
-    inter = np.prod(np.clip(high - low, 0, None), axis=-1)  # (G, A)
-    union = np.prod(boxes_cxcywh[:, None, 2:], axis=-1) + np.prod(shapes, axis=-1)[None, :] - inter  # (G, A)
+    half_priors = np.minimum(shapes_wh, image_size) / 2  # (A, 2) CLIP clamps w and h to the image
+    inter = np.ones((len(boxes_cxcywh), len(half_priors)))  # (G, A)
+    for axis in (0, 1):  # overlap of two segments: min(h_box + h_prior - distance, the shorter one), >= 0
+        distance = np.abs(boxes_cxcywh[:, axis] - centres[:, axis])[:, None]  # (G, 1)
+        half_box = boxes_cxcywh[:, 2 + axis, None] / 2  # (G, 1)
+        half_prior = half_priors[None, :, axis]  # (1, A)
+        overlap = np.minimum(half_box + half_prior - distance, 2 * np.minimum(half_box, half_prior))  # (G, A)
+        inter *= np.maximum(overlap, 0)
+    areas = boxes_cxcywh[:, 2] * boxes_cxcywh[:, 3]  # (G,)
+    union = areas[:, None] + 4 * (half_priors[:, 0] * half_priors[:, 1])[None, :] - inter  # (G, A)
     return inter / np.maximum(union, 1e-12)
 
 
