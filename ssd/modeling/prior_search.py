@@ -12,8 +12,9 @@ list of ratio sets (fixed ones, plus ratios read from the quantiles of |log(w / 
 of each class in it, beyond 3:1 when the boxes are that long), one level at a time, twice over, and keeps the
 choice that scores best: first the share of boxes with a prior at IoU >= the threshold, then how well the
 best prior fits and how many priors match (each is a positive the box learns from), then fewer priors. Every
-class weighs the same in that score, and every level is searched, so 90 boxes of a rare class among 20,000
-get priors of their own. IoUs come from `nearest_prior_ious` (the best IoU of each shape on the grid, at
+class weighs the same in that score, and every level that owns a box is searched, so 90 boxes of a rare class
+among 20,000 get priors of their own. Levels that own no box keep the sizes `_ladder` gives them (they have
+been trained that way in every measured recipe; moving them onto other levels' boxes is not measured). IoUs come from `nearest_prior_ious` (the best IoU of each shape on the grid, at
 O(boxes x shapes)); tests check the result with the real priors and box_iou.
 """
 
@@ -160,7 +161,7 @@ def fit_levels(
         per_level[k], per_level_count[k] = ious.max(axis=1), (ious >= threshold).sum(axis=1)
 
     for _ in range(2):  # two rounds of coordinate search, one level at a time
-        for k in range(num_levels):
+        for k in [k for k in range(num_levels) if starts[k] is not None]:  # every level that owns a box
             # Boxes whose area keeps every candidate of this level under IoU MIN_IOU_IN_SEARCH are left out:
             # they score the same whatever is chosen here (up to the 0.1 x best-IoU term).
             low = (min_sizes[k] * SIZE_STEPS[0]) ** 2 * MIN_IOU_IN_SEARCH
