@@ -362,3 +362,9 @@ def test_notes_name_the_level_its_boxes_and_the_stride8_choice():
     assert fitted.notes[0].startswith("the stride-8 level not added: covered boxes 100.0% without it")
     level_notes = [n for n in fitted.notes if n.startswith("level 1 (stride 16)")]
     assert len(level_notes) == 1 and level_notes[0].endswith("fitted to 100 boxes up to 1.0:1"), fitted.notes
+
+
+def test_boxes_without_area_are_refused_with_one_line():
+    flat = np.array([[0.1, 0.1, 0.1, 0.5], [0.2, 0.3, 0.6, 0.3]])  # zero width, zero height
+    with pytest.raises(ValueError, match="none of the 2 boxes has an area"):
+        fit_priors(flat, np.array([1, 1]), 300, VGG_300)

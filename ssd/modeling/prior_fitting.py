@@ -104,8 +104,13 @@ def _sample(labels: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _level_list(levels: Sequence[int]) -> str:
-    """'level 5' or 'levels 5-6' (counted from 1, finest first) for level indices 4 or 4, 5."""
-    return f"levels {levels[0] + 1}-{levels[-1] + 1}" if len(levels) > 1 else f"level {levels[0] + 1}"
+    """'level 5', 'levels 5-6' or 'levels 2, 5' (counted from 1, finest first) for level indices."""
+    numbers = [k + 1 for k in levels]
+    if len(numbers) == 1:
+        return f"level {numbers[0]}"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"levels {numbers[0]}-{numbers[-1]}"
+    return "levels " + ", ".join(str(n) for n in numbers)
 
 
 def _describe_levels(
@@ -119,9 +124,9 @@ def _describe_levels(
     beyond = [k for k, s in enumerate(fitted.strides) if s > 2 * (1 - math.sqrt(KEPT_AREA)) * image_size]
     empty = [k for k in range(len(fitted.strides)) if k not in owned and k not in beyond]
     for group, why in (
-        (empty, "hold no boxes of their size; their priors keep the sizes growing between their neighbours"),
+        (empty, "{} no box (none has its size); priors of {} px continue the sizes of the levels around"),
         (beyond, f"can own no box at {image_size} px (a box shifted half a stride would lose over a third of it); "
-         "they stay because the backbone emits these maps and the model has a head for each"),
+         "{}kept because the backbone emits these maps and the model has a head for each: priors of {} px"),
     ):  # fmt: skip
         if not group:
             continue
@@ -129,8 +134,9 @@ def _describe_levels(
         best, _ = nearest_prior_match(boxes_cxcywh, [levels[k] for k in group], image_size, threshold)
         strides = ", ".join(f"{fitted.strides[k]:g}" for k in group)
         sizes = ", ".join(f"{fitted.min_sizes[k]:.0f}" for k in group)
+        verb = ("own" if len(group) > 1 else "owns") if group is empty else ""
         fitted.notes.append(
-            f"{_level_list(group)} (stride {strides}) {why}: priors of {sizes} px, which still reach "
+            f"{_level_list(group)} (stride {strides}) {why.format(verb, sizes)}, which still reach "
             f"{int((best >= threshold).sum())} of the {len(best)} boxes at IoU >= {threshold:g}"
         )
 
