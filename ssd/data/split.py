@@ -25,7 +25,6 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -77,10 +76,11 @@ def relative_names(file_paths: Sequence[str]) -> list[str]:
     """What the split hashes: each file's base name ("0001.jpg"); when two files share a base name, each path
     below the folder that all of them have in common ("train/0001.jpg", "val/0001.jpg"), with "/" separators.
     """
-    parts = [PurePath(str(path).replace("\\", "/")).parts for path in file_paths]
-    names = [p[-1] if p else "" for p in parts]
+    paths = [str(path).replace("\\", "/") for path in file_paths]
+    names = [path.rsplit("/", 1)[-1] for path in paths]
     if len(set(names)) == len(names):
         return names
+    parts = [[part for part in path.split("/") if part not in ("", ".")] for path in paths]
     common = 0
     while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
         common += 1
