@@ -270,9 +270,10 @@ def elongated_boxes(rng, count, ratio, image_size):
     ids=["mb320", "vgg300"],
 )
 def test_elongated_boxes_get_ratios_fitted_beyond_3(ratio, image_size, levels, stride8):
-    """With ratios capped at 3 the 6:1 set was 74-82 % covered and the 10:1 set 0 %. Checked with the real
-    priors and box_iou: >= 95 % of the boxes have a prior at IoU >= 0.5 (their short side is >= 12 px, 1.5
-    strides of the finest level: thinner boxes fall between the finest prior centres)."""
+    """Checked with the real priors and box_iou: >= 95 % of the boxes have a prior at IoU >= 0.5. Their short
+    side is >= 12 px, 1.5 strides of the finest level (thinner boxes fall between the finest prior centres).
+    Measured on these sets: the fit with ratios capped at 3 covered 85.0 % (mb320) and 78.7 % (vgg300) of
+    the 6:1 boxes and none of the 10:1 ones; this one 100 % of the 6:1 boxes, 99.0 % and 95.8 % of the 10:1."""
     boxes = elongated_boxes(np.random.default_rng(ratio), 600, ratio, image_size)
     fitted = fit_priors(boxes, np.ones(600), image_size, levels, stride8_level=stride8)
     assert covered_share(fitted, boxes, image_size) >= 0.95
