@@ -231,7 +231,7 @@ def test_coverage_table_of_a_large_set_reads_a_seeded_sample(monkeypatch):
 )
 def test_a_class_under_one_percent_of_the_boxes_gets_the_stride8_level(others):
     """10 boxes of 20 px (2.5 strides of 8: the stride-16 grid cannot reach them, see the module docstring)
-    among 1200 larger ones. Measured (seeds 4-6 alone, 4-5 sharing): every 20 px box covered, 4.3-6.2 positives per box."""
+    among 1200 larger ones. Measured (seeds 4-6, both cases): every 20 px box covered, 4.6-6.5 positives per box."""
     rng = np.random.default_rng(4)
     rare = random_boxes(rng, 10, 20, 320)
     boxes, labels = [rare], [np.ones(10)]
@@ -243,7 +243,7 @@ def test_a_class_under_one_percent_of_the_boxes_gets_the_stride8_level(others):
     fitted = fit_priors(np.concatenate(boxes), labels, 320, MOBILENET_320, stride8_level=(40, 8.0))
     assert fitted.stride8_map
     iou = box_iou(torch.from_numpy(rare), cxcywh_to_xyxy(fitted.make(320)).double())  # (10, P)
-    assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.9
+    assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.95
     assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 3  # positives per rare box
     for other, count in zip(boxes[1:], (c for c, _ in others), strict=True):  # and the common classes too
         assert covered_share(fitted, other, 320) >= 0.95, count
