@@ -230,7 +230,7 @@ def test_coverage_table_of_a_large_set_reads_a_seeded_sample(monkeypatch):
     ids=["alone-on-its-level", "sharing-its-level"],
 )
 def test_a_class_under_one_percent_of_the_boxes_gets_the_stride8_level(others):
-    """10 boxes of 20 px (2.5 strides of 8: the stride-16 grid cannot reach them, see the module docstring)
+    """10 boxes of 20 px (2.5 strides of 8: the stride-16 grid cannot reach them, see prior_search.py)
     among 1200 larger ones. Measured (seeds 4-6, both cases): every 20 px box covered, 4.6-6.5 positives per box."""
     rng = np.random.default_rng(4)
     rare = random_boxes(rng, 10, 20, 320)
