@@ -153,8 +153,8 @@ def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
     np.testing.assert_allclose(loaded_xyxy, prior_boxes_xyxy(stored), atol=1e-6)
 
 
-# Ten 128 px images in a CSV file, for the fit-on-the-training-split test: "big" boxes everywhere, "tiny"
-# 20 px boxes only in the two images VAL_FRACTION 0.2 holds out.
+# Ten 128 px images in a CSV file, for the fit-on-the-training-split test: two 50 px boxes (one "big", one
+# "tiny") everywhere, 20 px "tiny" boxes only in the two images VAL_FRACTION 0.2 holds out.
 SPLIT_CONFIG = """\
 _BASE_: {base}
 MODEL:
@@ -185,9 +185,12 @@ LOGGING:
 
 
 def held_out_by_the_documented_rule(file_names: list[str], fraction: float) -> set[str]:
-    """ssd/data/split.py's rule, written again: the round(fraction * n) file names of smallest SHA-1 (first
-    8 bytes, big-endian). The file name is the dataset's "file_name": for a CSV dataset, the image path."""
-    by_hash = sorted(file_names, key=lambda n: int.from_bytes(hashlib.sha1(n.encode()).digest()[:8], "big"))
+    """ssd/data/split.py's rule, written again for images that all hold every class (so that its first step,
+    one image per class, is the image of smallest hash): the round(fraction * n) images whose base names
+    ("img03.png", unique here) have the smallest SHA-1 (first 8 bytes, big-endian)."""
+    by_hash = sorted(
+        file_names, key=lambda n: int.from_bytes(hashlib.sha1(Path(n).name.encode()).digest()[:8], "big")
+    )
     return set(by_hash[: round(fraction * len(file_names))])
 
 
@@ -210,13 +213,13 @@ def test_priors_are_fitted_on_the_training_split_only(tmp_path):
     rng = np.random.default_rng(0)
     for name in names:
         cv2.imwrite(str(images / name), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
-    # Which two are held out depends on the image paths, so on tmp_path; every image has the same "big" boxes,
-    # so the training boxes are the same whichever two they are.
+    # Every image has the same two large boxes, one of each class (so the split holds out the two smallest
+    # hashes), so the training boxes are the same whichever two they are.
     held_out = held_out_by_the_documented_rule([str(images / name) for name in names], 0.2)
     assert len(held_out) == 2
     big = [[10, 12, 58, 60], [66, 60, 118, 112]]  # 48-52 px: three stride-16 cells, no need for stride 8
     tiny = [[8 + 36 * k, 90, 28 + 36 * k, 110] for k in range(3)]  # 20 px: 2.5 strides of 8
-    rows = {name: [(name, "big", box) for box in big] for name in names}
+    rows = {name: [(name, cls, box) for cls, box in zip(("big", "tiny"), big, strict=True)] for name in names}
     for name in names:
         if str(images / name) in held_out:
             rows[name] += [(name, "tiny", box) for box in tiny]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssd.config import load_config
-from ssd.data.build import build_train_val_datasets
-from ssd.data.split import holdout_split
+from ssd.data.build import build_dataset, build_train_val_datasets
+from ssd.data.split import holdout_split, relative_names, split_for_validation
 
 NAMES = [f"img_{i:03d}.jpg" for i in range(50)]
 
@@ -96,3 +99,99 @@ def test_config_cap_is_logged(caplog):
     assert (len(train), len(val)) == (17, 3)
     assert "holding out 3 of the 20 training images" in caplog.text
     assert "capped at DATASETS.VAL_MAX_IMAGES 3" in caplog.text
+
+
+def test_names_are_relative_to_the_dataset_not_to_where_it_lies():
+    assert relative_names(
+        ["/work/shared/data/x/JPEGImages/a.jpg", "/work/shared/data/x/JPEGImages/b.jpg"]
+    ) == [
+        "a.jpg",
+        "b.jpg",
+    ]
+    # The same base name in two folders: the paths below the folder they have in common.
+    assert relative_names(["../d/train/1.jpg", "../d/val/1.jpg", "../d/train/2.jpg"]) == [
+        "train/1.jpg",
+        "val/1.jpg",
+        "train/2.jpg",
+    ]
+    under_work = [f"/work/shared/data/x/{folder}/{i:03d}.jpg" for folder in "ab" for i in range(30)]
+    under_repo = [f"../shared/data/x/{folder}/{i:03d}.jpg" for folder in "ab" for i in range(30)]
+    assert holdout_split(relative_names(under_work), 0.2) == holdout_split(relative_names(under_repo), 0.2)
+
+
+def test_bccd_splits_alike_from_an_absolute_and_a_relative_root(bccd_root):
+    """The same VOC dataset registered under two spellings of its folder: the same images held out."""
+    absolute = bccd_root.resolve()
+    relative = os.path.relpath(absolute, Path.cwd())
+    cfg = load_config(
+        opts=["DATASETS.REGISTER", f"('bccd_abs:voc:{absolute}:train', 'bccd_rel:voc:{relative}:train')",
+              "DATASETS.CLASS_NAMES", "('RBC', 'WBC', 'Platelets')"],
+    )  # fmt: skip
+    held_out = []
+    for name in ("bccd_abs", "bccd_rel"):
+        dataset = build_dataset(cfg, [name], is_train=True, annotations_only=True)
+        _, val = split_for_validation(dataset, 0.2, warn=False)
+        held_out.append(sorted(Path(val.get_annotation(i)["file_name"]).name for i in range(len(val))))
+    assert held_out[0] == held_out[1] and len(held_out[0]) == round(0.2 * 205)
+
+
+def sha1_order(names):
+    return sorted(range(len(names)), key=lambda i: hashlib.sha1(names[i].encode()).digest()[:8])
+
+
+def test_every_class_is_held_out_once_rarest_first_and_training_keeps_it():
+    """Class 1 in every image; class 2 in 2 images and class 3 in 3, all after the first 10 in hash order.
+    Room for 2 images: the rarest class picks first (its first image in hash order), then class 3."""
+    order = sha1_order(NAMES)  # computed here with hashlib, independently of split.py
+    rare, medium = order[20:22], order[30:33]
+    classes = [[1] + [2] * (i in rare) + [3, 3] * (i in medium) for i in range(50)]
+    train, val = holdout_split(NAMES, 0.04, classes_per_image=classes)  # 0.04 * 50 = 2 images
+    assert val == sorted([order[20], order[30]])
+    assert order[21] in train and order[31] in train  # each class keeps training images
+    # A class in one image only stays in training; the rest of val follows the hash order.
+    classes[order[40]] = [1, 4]
+    _, val = holdout_split(NAMES, 0.2, classes_per_image=classes)
+    assert order[40] not in val
+    assert val == sorted([order[20], order[30], *order[:8]])
+    # The same split whatever order the images are listed in.
+    shuffled = list(range(50))[::-1]
+    _, val_shuffled = holdout_split(
+        [NAMES[i] for i in shuffled], 0.2, classes_per_image=[classes[i] for i in shuffled]
+    )
+    assert sorted(shuffled[i] for i in val_shuffled) == val
+
+
+class FakeDataset:
+    """Annotations only: image i holds the classes in `classes[i]` (class_names with the background first)."""
+
+    def __init__(self, classes, is_train=False):
+        self.classes, self.is_train = classes, is_train
+        self.class_names = ("__background__", "a", "b", "c")
+        self.contiguous_id_to_dataset_id = {1: 1, 2: 2, 3: 3}
+
+    def __len__(self):
+        return len(self.classes)
+
+    def get_annotation(self, index):
+        return {"file_name": f"/data/set/img_{index:03d}.jpg", "labels": np.asarray(self.classes[index])}
+
+
+def test_a_small_or_incomplete_held_out_split_is_warned_about_once(caplog):
+    with caplog.at_level("WARNING"):
+        split_for_validation(FakeDataset([[1, 2]] * 100), 0.2)  # 20 images, both classes: no warning
+        split_for_validation(FakeDataset([[1]] * 30, is_train=True), 0.2)  # the training copy: not warned
+        split_for_validation(FakeDataset([[1]] * 30), 0.2)  # 6 images
+        split_for_validation(FakeDataset([[1]] * 99 + [[3]]), 0.2)  # 'c' in one image: it trains
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(
+        "The held-out validation split has 6 image(s) (DATASETS.VAL_FRACTION 0.2 of 30"
+    )
+    assert "DATASETS.VAL" in warnings[0] and "model_best.pth" in warnings[0]
+    assert warnings[1].startswith("The held-out validation split has 20 image(s) and no box of 'c'")
+
+
+def test_train_py_splits_warn_once_for_a_tiny_set(caplog):
+    with caplog.at_level("WARNING"):
+        build_train_val_datasets(synthetic_cfg("DATASETS.VAL_FRACTION", "0.25"))
+    assert sum("held-out validation split has 5 image(s)" in r.getMessage() for r in caplog.records) == 1

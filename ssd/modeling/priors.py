@@ -31,7 +31,7 @@ def priors_per_location(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
     return [2 + 2 * len(ratios) for ratios in aspect_ratios]
 
 
-def _level_sizes(min_size: float, max_size: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
+def level_sizes(min_size: float, max_size: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
     """(A, 2) list of (w, h) in input pixels for one level, in anchor order."""
     sizes = [(min_size, min_size)]
     big = math.sqrt(min_size * max_size)
@@ -92,7 +92,7 @@ def make_priors(
         steps = (torch.arange(size, dtype=torch.float64) + 0.5) * stride / image_size  # (f,)
         cy, cx = torch.meshgrid(steps, steps, indexing="ij")  # (f, f) each; rows outer, columns inner
         centres = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2)  # (f*f, 1, 2)
-        wh = torch.tensor(_level_sizes(min_size, max_size, ratios), dtype=torch.float64) / image_size
+        wh = torch.tensor(level_sizes(min_size, max_size, ratios), dtype=torch.float64) / image_size
         wh = wh.unsqueeze(0)  # (1, A, 2)
         num_anchors = wh.shape[1]
         level = torch.cat(
