@@ -130,8 +130,13 @@ def oracle_aps(
         raise ValueError(f"unknown error rules {rules!r}; choose from {tuple(AP_METRICS)}")
 
     aps = np.full(num_classes, np.nan)
+    kept = np.flatnonzero(keep)  # (D',) in TIDE's order
+    kept = kept[np.argsort(label[kept], kind="stable")]  # grouped by class, TIDE's order inside a class
+    bounds = np.searchsorted(
+        label[kept], np.arange(num_classes + 1)
+    )  # class c: kept[bounds[c]:bounds[c + 1]]
     for c in range(1, num_classes):
-        ranked = np.flatnonzero(keep & (label == c))  # (Dc,) in TIDE's order
+        ranked = kept[bounds[c] : bounds[c + 1]]  # (Dc,) in TIDE's order
         if rules == "voc":
             if positives[c] == 0:
                 continue

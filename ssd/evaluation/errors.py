@@ -72,6 +72,8 @@ MAX_DETECTIONS = 100  # per image, under rules="tide"
 SIZE_NAMES = ("small", "medium", "large")
 SIZE_LIMITS = (32.0**2, 96.0**2)  # COCO's area limits, pixels
 REFERENCE = "TIDE (Bolya et al., ECCV 2020), as computed by the tidecv package"
+# step 3's tests in order, then the catch-all
+_KINDS_BY_TEST = np.array(["localisation", "classification", "duplicate", "background", "both"], dtype=object)
 
 
 def size_of(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -120,12 +122,11 @@ def _error_types(
     taken_j, taken_v = _best(iou, same & real & found)
     any_j, any_v = _best(iou, np.broadcast_to(real, iou.shape))
     tests = [(bg_iou <= own_v) & (own_v <= fg_iou), other_v >= fg_iou, taken_v >= fg_iou, any_v <= bg_iou]
-    # np.select takes the first test that holds, in the docstring's order; "both" when none does.
-    kind = np.select(tests, ["localisation", "classification", "duplicate", "background"], "both").astype(
-        object
-    )
-    target = np.select(tests, [own_j, other_j, taken_j, -1], any_j)
-    overlap = np.select(tests, [own_v, other_v, taken_v, any_v], any_v)
+    which = np.argmax(np.stack([*tests, np.ones(num, bool)]), axis=0)  # (R,) the first test that holds
+    rows = np.arange(num)
+    kind = _KINDS_BY_TEST[which]
+    target = np.stack([own_j, other_j, taken_j, np.full(num, -1), any_j])[which, rows]
+    overlap = np.stack([own_v, other_v, taken_v, any_v, any_v])[which, rows]
     return kind, target, overlap
 
 
@@ -183,9 +184,10 @@ def label_image_errors(
             j, v = _best(iou[k : k + 1], (same[k] & real & ~found)[None])
             if v[0] >= fg_iou:
                 kind[k], target[k], overlap[k], found[j[0]] = "tp", j[0], v[0], True
-        covered = _covered_fraction(boxes, gt_boxes[~real], pixel_offset)  # (K, D) difficult boxes
-        inside = ((covered > fg_iou) & same[:, ~real]).any(axis=1)  # (K,) in a difficult box of its class
-        in_ap[order[(kind[order] == "") & inside[order]]] = False
+        if not real.all():  # difficult boxes (COCO's crowd regions)
+            covered = _covered_fraction(boxes, gt_boxes[~real], pixel_offset)  # (K, D)
+            inside = ((covered > fg_iou) & same[:, ~real]).any(axis=1)  # (K,) in a difficult box of its class
+            in_ap[order[(kind[order] == "") & inside[order]]] = False
     else:
         in_ap[:] = True
         kind[:] = ""
@@ -202,7 +204,7 @@ def label_image_errors(
     rest = order[kind[order] == ""]  # (R,) in rank order
     kind[rest], target[rest], overlap[rest] = _error_types(iou[rest], same[rest], real, found, fg_iou, bg_iou)
     repairs = np.zeros(num_dets, bool)
-    fixable = rest[np.isin(kind[rest], ("classification", "localisation"))]
+    fixable = rest[(kind[rest] == "classification") | (kind[rest] == "localisation")]
     fixable = fixable[~found[target[fixable]]]  # (F,) in rank order, on boxes no TP took
     _, first = np.unique(target[fixable], return_index=True)
     repairs[fixable[first]] = True
