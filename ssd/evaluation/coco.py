@@ -46,7 +46,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ssd.evaluation.evaluator import NumpyPredictionsEvaluator, gather_predictions, load_ground_truth
+from ssd.evaluation.evaluator import (
+    NumpyPredictionsEvaluator,
+    cyclic_gc_paused,
+    gather_predictions,
+    load_ground_truth,
+)
 from ssd.evaluation.tables import create_small_table, per_category_table
 
 logger = logging.getLogger(__name__)
@@ -247,7 +252,7 @@ def evaluate_coco_detections(
     integer_ids = all(type(image["id"]) is int for image in coco_gt_dict["images"])
     make_coco, cocoeval_cls, backend = _eval_backend(use_fast_impl and integer_ids)
     logger.info(f"Evaluating {len(detections)} detections with {backend}")
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), cyclic_gc_paused():
         coco_gt = make_coco(coco_gt_dict)
         coco_dt = _results_coco(make_coco, coco_gt_dict, detections)
     coco_eval = cocoeval_cls(coco_gt, coco_dt, "bbox")
@@ -255,7 +260,7 @@ def evaluate_coco_detections(
     coco_eval.params.maxDets = sorted({m for m in (1, 10, max_dets_per_image) if m <= max_dets_per_image})
     if img_ids is not None:
         coco_eval.params.imgIds = list(img_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), cyclic_gc_paused():
         coco_eval.evaluate()
         coco_eval.accumulate()
     if verbose and max_dets_per_image == 100:
@@ -358,18 +363,19 @@ class COCOEvaluator(NumpyPredictionsEvaluator):
         predictions = gather_predictions(self._predictions)
         if predictions is None:
             return {}
-        detections = self.result_entries(predictions)
-        if self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.output_dir / "coco_instances_results.json"
-            with open(path, "w") as f:
-                f.write(json.dumps(detections))  # the C encoder, as above (500k entries at COCO size)
-            logger.info(f"Saving results to {path}")
-        gt = self.ground_truth()
-        img_ids = [self.dataset.get_annotation(i)["image_id"] for i in range(len(self.dataset))]
-        names = {self.to_category[c]: self.dataset.class_names[c] for c in self.to_category}
-        results = evaluate_coco_detections(
-            gt, detections, names, img_ids, self.max_dets_per_image, self.use_fast_impl
-        )
+        with cyclic_gc_paused():  # one dict per detection, twice (JSON, COCOeval): see cyclic_gc_paused
+            detections = self.result_entries(predictions)
+            if self.output_dir is not None:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                path = self.output_dir / "coco_instances_results.json"
+                with open(path, "w") as f:
+                    f.write(json.dumps(detections))  # the C encoder, as above (500k entries at COCO size)
+                logger.info(f"Saving results to {path}")
+            gt = self.ground_truth()
+            img_ids = [self.dataset.get_annotation(i)["image_id"] for i in range(len(self.dataset))]
+            names = {self.to_category[c]: self.dataset.class_names[c] for c in self.to_category}
+            results = evaluate_coco_detections(
+                gt, detections, names, img_ids, self.max_dets_per_image, self.use_fast_impl
+            )
         log_coco_results(results)
         return {"bbox": results}
