@@ -135,7 +135,8 @@ def cyclic_gc_paused() -> Iterator[None]:
 
     A COCO-sized evaluation makes 500,000 result dicts (5,000 images x 100 detections). While they are being
     made, the collector runs again and again and each full run walks every dict made so far, although none of
-    them is part of a reference cycle: on the scale benchmark this tripled the time of making them.
+    them is part of a reference cycle: on the scale benchmark (benchmarks/scale.py) making them took about 3x
+    as long with it running.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -2,7 +2,8 @@
 
     write_report(folder, dataset, "bccd_test", score_threshold=0.5)  # -> folder/report.html, folder/errors.json
 
-It reads what test.py leaves in `folder` (coco_instances_results.json, and results.json when present) and shows:
+It reads what test.py leaves in `folder` (coco_instances_results.json, and results.json when present; test.py
+itself hands over the detections and the error analysis it has in memory, see `write_report`) and shows:
 the COCO and VOC tables; per class AP, TP/FP/FN and precision/recall/F1 at the score threshold; the PR curves and
 the confusion matrix of `ssd.evaluation.analysis`; the error breakdown and dAP of `ssd.evaluation.errors` (TIDE's
 definitions, Bolya et al., ECCV 2020); recall by object size; and the galleries of `ssd.evaluation.gallery`, which a
