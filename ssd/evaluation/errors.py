@@ -89,14 +89,14 @@ def _check_rules(rules: str) -> None:
 
 
 def _best(iou: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(K, G) IoU and (K, G) bool mask -> per row, the box with the highest IoU among the mask (the first of
-    equals) and that IoU: (K,) int and (K,) float, -1 and -1.0 where a row's mask is empty."""
-    rows = np.arange(iou.shape[0])
-    if iou.shape[1] == 0:
-        return np.full(len(rows), -1, np.int64), np.full(len(rows), -1.0)
-    j = np.where(mask, iou, -1.0).argmax(axis=1)  # (K,) IoU >= 0, so a masked box always wins over -1
-    has = mask.any(axis=1)
-    return np.where(has, j, -1), np.where(has, iou[rows, j], -1.0)
+    """(..., G) IoU and bool mask -> along the last axis, the box with the highest IoU among the mask (the first
+    of equals) and that IoU: (...,) int and (...,) float, -1 and -1.0 where the mask is empty."""
+    if iou.shape[-1] == 0:
+        return np.full(mask.shape[:-1], -1, np.int64), np.full(mask.shape[:-1], -1.0)
+    masked = np.where(mask, iou, -1.0)  # IoU >= 0, so a masked box always wins over -1
+    j = masked.argmax(axis=-1)
+    v = np.take_along_axis(masked, j[..., None], axis=-1)[..., 0]  # -1 exactly where the mask is empty
+    return np.where(v >= 0, j, -1), v
 
 
 def _covered_fraction(boxes_xyxy: np.ndarray, regions_xyxy: np.ndarray, pixel_offset: float) -> np.ndarray:
@@ -117,16 +117,15 @@ def _error_types(
     num = iou.shape[0]
     if not real.any():
         return np.full(num, "background", object), np.full(num, -1, np.int64), np.zeros(num)
-    own_j, own_v = _best(iou, same & real)  # the best box of its class, taken boxes included
-    other_j, other_v = _best(iou, ~same & real)
-    taken_j, taken_v = _best(iou, same & real & found)
-    any_j, any_v = _best(iou, np.broadcast_to(real, iou.shape))
+    masks = np.stack([same & real, ~same & real, same & real & found, np.broadcast_to(real, iou.shape)])
+    best_j, best_v = _best(iou, masks)  # (4, R): its class (taken boxes included), another class, its class
+    own_v, other_v, taken_v, any_v = best_v  # taken by a TP, any class
     tests = [(bg_iou <= own_v) & (own_v <= fg_iou), other_v >= fg_iou, taken_v >= fg_iou, any_v <= bg_iou]
     which = np.argmax(np.stack([*tests, np.ones(num, bool)]), axis=0)  # (R,) the first test that holds
     rows = np.arange(num)
     kind = _KINDS_BY_TEST[which]
-    target = np.stack([own_j, other_j, taken_j, np.full(num, -1), any_j])[which, rows]
-    overlap = np.stack([own_v, other_v, taken_v, any_v, any_v])[which, rows]
+    target = np.concatenate([best_j[:3], np.full((1, num), -1), best_j[3:]])[which, rows]  # background: -1
+    overlap = np.concatenate([best_v, best_v[3:]])[which, rows]  # background and both: the highest IoU
     return kind, target, overlap
 
 
