@@ -128,7 +128,7 @@ def coco_result_entries(
         scores: (D,).
         to_category: contiguous label -> the dataset's category id (`category_id_map`).
 
-    Built column by column (`tolist` once per column), which is ~5x faster than a loop over NumPy scalars.
+    Built column by column (`tolist` once per column) rather than from NumPy scalars one detection at a time.
     """
     labels = np.asarray(labels, np.int64).reshape(-1)  # (D,)
     known = np.array(sorted(to_category), np.int64)
@@ -141,9 +141,9 @@ def coco_result_entries(
     lookup[known] = [to_category[int(c)] for c in known]
     boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)  # (D, 4) xyxy
     boxes_xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # (D, 4)
-    columns = zip(
-        image_ids, lookup[labels].tolist(), boxes_xywh.tolist(), np.asarray(scores, np.float64).tolist(), strict=True
-    )  # fmt: skip
+    categories = lookup[labels].tolist()
+    scores = np.asarray(scores, np.float64).tolist()
+    columns = zip(image_ids, categories, boxes_xywh.tolist(), scores, strict=True)
     return [
         {"image_id": image_id, "category_id": category, "bbox": bbox, "score": score}
         for image_id, category, bbox, score in columns
@@ -355,9 +355,12 @@ class COCOEvaluator(NumpyPredictionsEvaluator):
             parts = [predictions[i][key] for i in indices]
             return np.concatenate(parts) if parts else np.zeros(shape)
 
-        return coco_result_entries(
-            image_ids, column("labels", (0,)), column("boxes_xyxy", (0, 4)), column("scores", (0,)), self.to_category
-        )  # fmt: skip
+        labels, boxes_xyxy, scores = (
+            column("labels", (0,)),
+            column("boxes_xyxy", (0, 4)),
+            column("scores", (0,)),
+        )
+        return coco_result_entries(image_ids, labels, boxes_xyxy, scores, self.to_category)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         predictions = gather_predictions(self._predictions)

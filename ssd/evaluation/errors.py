@@ -193,7 +193,8 @@ def label_image_errors(
         best_j, best_v = _best(iou, same)  # (K,) the best box of its class, taken or not
         hit = best_v >= fg_iou
         ignored = hit & ~real[np.maximum(best_j, 0)] if num_gt else np.zeros(num_dets, bool)
-        kind[ignored], target[ignored], overlap[ignored], in_ap[ignored] = "ignored", best_j[ignored], best_v[ignored], False  # fmt: skip
+        kind[ignored], in_ap[ignored] = "ignored", False
+        target[ignored], overlap[ignored] = best_j[ignored], best_v[ignored]
         claims = order[(hit & ~ignored)[order]]  # (M,) in rank order
         _, first = np.unique(best_j[claims], return_index=True)  # the first claim of each box is the TP
         tps = claims[first]
