@@ -14,15 +14,20 @@ Each step runs in its own process, so that its peak memory (VmHWM, reset at the 
   `gc.collect()` every 25 batches, up to --worker-batches; one validation: --val-sample held-out images through
   the one-pass validation and, for comparison, the two passes it replaced; the time of a whole validation of
   the held-out images is computed from these per-image costs (said so in the output);
-- eval N: test.py's evaluation of N validation images with 100 synthetic detections each (COCO + VOC + error
-  analysis + report), each part timed, with the COCO AP of faster-coco-eval and of pycocotools side by side.
+- eval N: test.py's evaluation of N validation images with 100 synthetic detections each (made before the clock
+  starts): COCO + VOC + error analysis + report, the report taking the error analysis' detections and analysis
+  as test.py hands them over; the wall and CPU time of each part (on a loaded machine the CPU time of this
+  one-thread process is the closer to an idle machine's wall time), with the COCO AP of faster-coco-eval and of
+  pycocotools side by side.
 Results are printed and written to --results (JSON, with the command and the machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import os
 import shutil
@@ -247,10 +252,11 @@ def step_eval(args, num_images: int) -> dict:
     """test.py's evaluation of `num_images` with 100 synthetic detections each (see the docstring)."""
     import numpy as np
     import torch
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     from ssd.data.datasets import COCODataset
-    from ssd.evaluation import build_evaluator
-    from ssd.evaluation.coco import evaluate_coco_detections
+    from ssd.evaluation import ErrorAnalysisEvaluator, build_evaluator
     from ssd.evaluation.report import write_report
 
     cfg = config(args.root)
@@ -260,39 +266,58 @@ def step_eval(args, num_images: int) -> dict:
     evaluators = build_evaluator(cfg, dataset, folder, f"val_{num_images}")
     rng = np.random.default_rng(1)
     out: dict = {"images": num_images, "detections_per_image": 100}
+    outputs = [synthetic_detections(dataset.get_annotation(i), rng) for i in range(len(dataset))]  # untimed
+    # Each part's wall time and the CPU time of this process (one thread): on a loaded machine the second is
+    # what an idle one would take.
+    clock = {"start": (time.perf_counter(), time.process_time())}
+
+    def lap(name: str, since: str) -> None:
+        clock[name] = (time.perf_counter(), time.process_time())
+        out[f"{name}_s"] = clock[name][0] - clock[since][0]
+        out[f"{name}_cpu_s"] = clock[name][1] - clock[since][1]
+
     baseline = reset_peak()
-    start = time.perf_counter()
+    clock["start"] = (time.perf_counter(), time.process_time())
     evaluators.reset()
     for first in range(0, len(dataset), 8):
         indices = range(first, min(first + 8, len(dataset)))
-        outputs = [synthetic_detections(dataset.get_annotation(i), rng) for i in indices]
-        evaluators.process([{"index": i} for i in indices], outputs)
-    out["process_s"] = time.perf_counter() - start
-    results = {}
+        evaluators.process([{"index": i} for i in indices], [outputs[i] for i in indices])
+    lap("process", "start")
+    results, previous = {}, "process"
     for evaluator in evaluators.evaluators:
-        part = time.perf_counter()
         results.update(evaluator.evaluate())
-        out[f"{type(evaluator).__name__}_s"] = time.perf_counter() - part
+        lap(type(evaluator).__name__, previous)
+        previous = type(evaluator).__name__
     (folder / "results.json").write_text(json.dumps(results))
-    part = time.perf_counter()
-    report = write_report(folder, dataset, f"val_{num_images}", cfg.TEST.ANALYSIS_SCORE_THRESHOLD, results)
-    out["report_s"] = time.perf_counter() - part
-    out["total_s"] = time.perf_counter() - start
+    shared = next(
+        e.last_run for e in evaluators.evaluators if isinstance(e, ErrorAnalysisEvaluator)
+    )  # as test.py
+    report = write_report(
+        folder, dataset, f"val_{num_images}", cfg.TEST.ANALYSIS_SCORE_THRESHOLD, results, **shared
+    )
+    lap("report", previous)
+    lap("total", "start")
+    del outputs, shared
     out["peak_increase_gb"] = peak_increase_gb(baseline)
     out["report_mb"] = report["path"].stat().st_size / 1e6
     out["gallery_items"] = sum(report["gallery"].values())
     out["AP_faster"], out["AP50_faster"] = results["bbox"]["AP"], results["bbox"]["AP50"]
     out["VOC_mAP"] = results["voc"]["mAP50_07"] if "mAP50_07" in results.get("voc", {}) else float("nan")
-    # The reference: pycocotools on the JSON file itself, segmentation and all (what the evaluator used before).
-    detections = json.loads((folder / "coco_instances_results.json").read_text())
+    # The reference: pycocotools alone (its own loadRes and COCOeval, none of ssd.evaluation) on the two JSON
+    # files, segmentation and all.
     img_ids = [dataset.get_annotation(i)["image_id"] for i in range(len(dataset))]
     part = time.perf_counter()
-    ground_truth = json.loads((args.root / f"val_{num_images}.json").read_text())
-    reference = evaluate_coco_detections(
-        ground_truth, detections, img_ids=img_ids, use_fast_impl=False, verbose=False
-    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(args.root / f"val_{num_images}.json"))
+        reference = COCOeval(
+            ground_truth, ground_truth.loadRes(str(folder / "coco_instances_results.json")), "bbox"
+        )
+        reference.params.imgIds = img_ids
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()  # stats[0] AP, stats[1] AP50 (0-1), at maxDets 100 as the evaluator above
     out["pycocotools_s"] = time.perf_counter() - part
-    out["AP_pycocotools"], out["AP50_pycocotools"] = reference["AP"], reference["AP50"]
+    out["AP_pycocotools"], out["AP50_pycocotools"] = 100 * reference.stats[0], 100 * reference.stats[1]
     del torch
     return out
 
@@ -408,11 +433,14 @@ def main(argv: list[str] | None = None) -> int:
               f"VOC {e['PascalVOCEvaluator_s']:.1f}, analysis {e['ErrorAnalysisEvaluator_s']:.1f}, report "
               f"{e['report_s']:.1f} s, {e['report_mb']:.1f} MB, {e['gallery_items']} gallery items), peak "
               f"+{e['peak_increase_gb']:.2f} GB; COCO AP faster-coco-eval {e['AP_faster']:.4f} / pycocotools "
-              f"{e['AP_pycocotools']:.4f} ({e['pycocotools_s']:.1f} s)")  # fmt: skip
+              f"{e['AP_pycocotools']:.4f} ({e['pycocotools_s']:.1f} s); CPU time {e['total_cpu_s']:.1f} s (COCO "
+              f"{e['COCOEvaluator_cpu_s']:.1f}, VOC {e['PascalVOCEvaluator_cpu_s']:.1f}, analysis "
+              f"{e['ErrorAnalysisEvaluator_cpu_s']:.1f}, report {e['report_cpu_s']:.1f}, process "
+              f"{e['process_cpu_s']:.1f} s)")  # fmt: skip
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         rounded = {"train": {k: round(v, 2) if isinstance(v, float) else v for k, v in train.items()},
-                   "eval": {n: {k: round(v, 4 if k.startswith("AP") else 2) for k, v in e.items()} for n, e in evals.items()}}  # fmt: skip
+                   "eval": {n: {k: round(v, 4 if "AP" in k else 2) for k, v in e.items()} for n, e in evals.items()}}  # fmt: skip
         payload = {"command": command, "machine": machine(), **rounded}
         args.results.write_text(json.dumps(payload, indent=1) + "\n")
         print(f"results written to {args.results}")

@@ -92,3 +92,13 @@ def test_evaluator_writes_json_and_plots(tmp_path):
     for name in ("confusion_matrix.png", "pr_curves.png"):
         width, height = png_size(tmp_path / name)
         assert width >= 300 and height >= 300
+
+
+def test_every_detection_of_an_image_takes_its_own_box():
+    # a on a1 .9 and a on a2 .8: two TPs (the second detection takes a box too); b on a1 .7: a1 is taken, so a
+    # false detection of b on background; b1: missed.
+    gt = {"boxes_xyxy": np.array([box(0), box(20), box(40)], float), "labels": np.array([1, 1, 2]),
+          "difficult": np.zeros(3, bool)}  # fmt: skip
+    pred = {"boxes_xyxy": np.array([box(0), box(20), box(1)], float), "labels": np.array([1, 1, 2]),
+            "scores": np.array([0.9, 0.8, 0.7])}  # fmt: skip
+    assert confusion_matrix_image(gt, pred, 3).tolist() == [[0, 0, 1], [0, 2, 0], [1, 0, 0]]

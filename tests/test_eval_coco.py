@@ -335,3 +335,13 @@ def test_coco_dataset_is_evaluated_against_its_own_json_without_keeping_it(tmp_p
         expected = cocoeval.stats[k] * 100 if cocoeval.stats[k] >= 0 else float("nan")
         assert res[key] == pytest.approx(expected, abs=1e-4, nan_ok=True), key
     assert not math.isnan(res["APs"]) and res["AP"] > 0
+
+
+def test_detections_of_unknown_images_or_classes_are_refused_by_name():
+    dataset = IntegerIdDataset([([MEDIUM], [1], None)], ("__background__", "a"), size=(200, 300))
+    stray = {"image_id": 77, "category_id": 1, "bbox": [50.0, 50.0, 50.0, 50.0], "score": 0.9}
+    with pytest.raises(ValueError, match="image_id 77, which is not an image of the ground truth"):
+        evaluate_coco_detections(dataset_to_coco_dict(dataset), [stray], verbose=False)
+    evaluator = COCOEvaluator(dataset)
+    with pytest.raises(ValueError, match=r"predicted label 3 is not a dataset class \(1..1\)"):
+        evaluator.process([{"index": 0}], [prediction([MEDIUM, MEDIUM], [1, 3], [0.9, 0.8])])

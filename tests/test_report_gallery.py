@@ -213,3 +213,30 @@ def test_report_embeds_the_confusion_matrix_saved_by_the_analysis_instead_of_dra
     monkeypatch.setitem(report_html.PLOT_FILES, "pr_curves.png", plots["pr_curves.png"])
     page = write_report(tmp_path, dataset, "two", 0.85)["path"].read_text()
     assert saved not in page and "confusion matrix" in page
+
+
+def test_report_takes_the_detections_and_analysis_of_the_run_it_follows(tmp_path, monkeypatch):
+    """test.py hands the report the error analysis' detections and analysis (`last_run`): no JSON is read back
+    and the analysis is not made twice, unless it was made at another score threshold."""
+    from ssd.evaluation.analysis import ErrorAnalysisEvaluator
+    from ssd.evaluation.report import write_report
+
+    dataset = PictureDataset([([[40, 40, 120, 120]], [1]), ([[10, 10, 60, 60]], [2])])
+    # Image 0: a dog on the cat box (IoU 70^2 / (2 * 80^2 - 70^2) = 0.62): a confusion; image 1: a dog TP.
+    preds = {0: prediction([[50, 50, 130, 130]], [2], [0.9]), 1: prediction([[10, 12, 60, 60]], [2], [0.8])}
+    evaluator = ErrorAnalysisEvaluator(dataset, 0.5, output_dir=tmp_path)
+    evaluator.reset()
+    evaluator._predictions = dict(preds)
+    evaluator.evaluate()
+    run = evaluator.last_run
+    assert run["analysis"]["confusion_matrix"]["counts"] == [[0, 0, 0], [0, 0, 1], [0, 0, 1]]
+    made = []
+    analyse = ErrorAnalysisEvaluator.analyse
+    monkeypatch.setattr(ErrorAnalysisEvaluator, "analyse", lambda self, p: made.append(p) or analyse(self, p))
+    assert not (tmp_path / "coco_instances_results.json").exists()  # nothing to read back
+    info = write_report(tmp_path, dataset, "two", 0.5, **run)
+    assert made == [] and info["gallery"]["classification"] == 1
+    write_report(tmp_path, dataset, "two", 0.85, **run)  # the run's analysis is at 0.5: made again
+    assert len(made) == 1
+    evaluator.reset()
+    assert evaluator.last_run is None

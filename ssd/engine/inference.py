@@ -268,9 +268,16 @@ def evaluate_on_test_datasets(
                 json.dump(results, f, indent=2, allow_nan=True)  # NaN written as NaN (Python's json reads it)
             logger.info(f"Results written to {folder}")
             if "coco" in cfg.TEST.EVALUATORS:  # the report reads the detections the COCO evaluator saved
+                from ssd.evaluation import ErrorAnalysisEvaluator
                 from ssd.evaluation.report import write_report
 
-                write_report(folder, dataset, name, cfg.TEST.ANALYSIS_SCORE_THRESHOLD, results)
+                # The detections and the error analysis this run just made, rather than read back and redone.
+                shared = next(
+                    (e.last_run for e in evaluator.evaluators if isinstance(e, ErrorAnalysisEvaluator)), None
+                )
+                write_report(
+                    folder, dataset, name, cfg.TEST.ANALYSIS_SCORE_THRESHOLD, results, **(shared or {})
+                )
             else:
                 logger.info(
                     'No report.html: it needs "coco" in TEST.EVALUATORS (for coco_instances_results.json)'

@@ -57,9 +57,10 @@ def _greedy_match(iou: np.ndarray, allowed: np.ndarray, threshold: float) -> np.
     """
     match = np.full(iou.shape[0], -1, np.int64)
     free = np.ones(iou.shape[1], bool)
-    for k in range(iou.shape[0]):
-        candidates = np.where(allowed[k] & free & (iou[k] >= threshold), iou[k], -1.0)
-        if candidates.size and candidates.max() >= 0:
+    eligible = allowed & (iou >= threshold)  # (K, G)
+    for k in np.flatnonzero(eligible.any(axis=1)):  # rows without any eligible column stay -1
+        candidates = np.where(eligible[k] & free, iou[k], -1.0)
+        if candidates.max() >= 0:
             j = int(candidates.argmax())
             match[k], free[j] = j, False
     return match
@@ -94,13 +95,11 @@ def confusion_matrix_image(
         iou, unmatched[:, None] & ~same_class & ~difficult[None, :] & ~taken[None, :], iou_threshold
     )
     taken[cross[cross >= 0]] = True
-    for k in range(len(labels)):
-        if match[k] >= 0:
-            matrix[labels[k], labels[k]] += 1
-        elif cross[k] >= 0:
-            matrix[gt_labels[cross[k]], labels[k]] += 1
-        elif not on_difficult[k]:
-            matrix[0, labels[k]] += 1  # 4. false detection on background
+    same_hit, cross_hit = match >= 0, (match < 0) & (cross >= 0)  # (K,), (K,)
+    background = ~same_hit & ~cross_hit & ~on_difficult  # (K,) 4. false detections on background
+    np.add.at(matrix, (labels[same_hit], labels[same_hit]), 1)
+    np.add.at(matrix, (gt_labels[cross[cross_hit]], labels[cross_hit]), 1)
+    np.add.at(matrix, (0, labels[background]), 1)
     np.add.at(matrix, (gt_labels[~taken & ~difficult], 0), 1)  # 4. missed boxes
     return matrix
 
@@ -138,6 +137,10 @@ class ErrorAnalysisEvaluator(NumpyPredictionsEvaluator):
 
     Results, under the task "analysis" (0-100 for rates): precision, recall, F1 over all classes (micro), and
     TP, FP, FN totals. Files in `output_dir` (when given): analysis.json, confusion_matrix.png, pr_curves.png.
+
+    After `evaluate` on the main process, `last_run` holds {"predictions": {dataset index: arrays}, "analysis":
+    the `analyse` dict}, so that the report (`ssd.evaluation.report.write_report`) reuses both instead of
+    reading the detections back from JSON and repeating the analysis; `reset` clears it.
     """
 
     def __init__(
@@ -153,6 +156,10 @@ class ErrorAnalysisEvaluator(NumpyPredictionsEvaluator):
         self.iou_threshold = iou_threshold
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.last_run: dict | None = None
 
     def analyse(self, predictions: Mapping[int, Mapping[str, np.ndarray]]) -> dict:
         """The full analysis as a JSON-ready dict (see the module docstring)."""
@@ -214,6 +221,7 @@ class ErrorAnalysisEvaluator(NumpyPredictionsEvaluator):
         if predictions is None:
             return {}
         report = self.analyse(predictions)
+        self.last_run = {"predictions": predictions, "analysis": report}
         a = report["all_classes"]
 
         def row(name: str, v: Mapping) -> list:

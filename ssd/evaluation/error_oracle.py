@@ -46,10 +46,11 @@ def voc_area_ap(is_tp: np.ndarray, num_positives: int) -> float:
     return average_precision(recall, precision, use_07_metric=False)
 
 
-def _layout(
-    preds: Sequence[Mapping], labels: Sequence[Mapping], gts: Sequence[Mapping]
+def oracle_layout(
+    gts: Sequence[Mapping], preds: Sequence[Mapping], labels: Sequence[Mapping], num_classes: int
 ) -> dict[str, np.ndarray]:
-    """Every detection in TIDE's order (module docstring): (D,) arrays of what the fixes need."""
+    """What every fix reads, made once: each detection in TIDE's order (module docstring) as (D,) arrays, and
+    per class (C,) the non-difficult boxes, the missed ones and the ones no TP took."""
     parts = {k: [] for k in ("label", "score", "kind", "in_ap", "repairs", "box_label")}
     for gt, pred, lab in zip(gts, preds, labels, strict=True):
         order = np.argsort(-pred["scores"], kind="stable")  # (K,)
@@ -64,8 +65,22 @@ def _layout(
         )
         parts["box_label"].append(np.where(target >= 0, box_label, -1))
     dtypes = {"label": np.int64, "score": np.float64, "kind": object, "in_ap": bool, "repairs": bool}
-    return {k: np.concatenate(v).astype(dtypes.get(k, np.int64)) if v else np.zeros(0, dtypes.get(k, np.int64))
-            for k, v in parts.items()}  # fmt: skip
+    layout = {k: np.concatenate(v).astype(dtypes.get(k, np.int64)) if v else np.zeros(0, dtypes.get(k, np.int64))
+              for k, v in parts.items()}  # fmt: skip
+
+    def per_class(flags: list[np.ndarray]) -> np.ndarray:  # (C,) boxes flagged, by their class
+        chosen = [g["labels"][f] for g, f in zip(gts, flags, strict=True)]
+        return (
+            np.bincount(np.concatenate(chosen), minlength=num_classes)
+            if chosen
+            else np.zeros(num_classes, np.int64)
+        )
+
+    real = [~np.asarray(g["difficult"], bool) for g in gts]
+    layout["positives"] = per_class(real)
+    layout["missed_boxes"] = per_class([lab["missed"] for lab in labels])
+    layout["unfound_boxes"] = per_class([r & ~lab["found"] for r, lab in zip(real, labels, strict=True)])
+    return layout
 
 
 def oracle_aps(
@@ -75,6 +90,7 @@ def oracle_aps(
     num_classes: int,
     fix: str | None,
     rules: str = "tide",
+    layout: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """(C,) AP 0-1 per class after fixing every error of type `fix` (None: as detected); NaN: no AP.
 
@@ -85,21 +101,19 @@ def oracle_aps(
         fix: None, an ERROR_TYPES name or a SPECIAL_ERROR_TYPES name of `ssd.evaluation.errors`.
         rules: "tide" (COCO 101-point AP; a class has an AP when it has boxes or detections) or "voc" (VOC2010+
             area AP; a class has an AP when it has non-difficult boxes).
+        layout: `oracle_layout(gts, preds, labels, num_classes)`, when the caller runs several fixes.
     """
-    d = _layout(preds, labels, gts)
+    d = layout if layout is not None else oracle_layout(gts, preds, labels, num_classes)
     label, score, kind = d["label"].copy(), d["score"].copy(), d["kind"]
     is_tp = kind == "tp"  # (D,)
     keep = d["in_ap"].copy()
     late = np.zeros(len(kind), np.int64)  # rank among equal scores: repaired runs list untouched TPs last
-    positives = np.zeros(num_classes, np.int64)
+    positives = d["positives"]
     removed = np.zeros(num_classes, np.int64)  # boxes taken out of the ground truth by the fix
-    for gt, lab in zip(gts, labels, strict=True):
-        real = ~np.asarray(gt["difficult"], bool)
-        np.add.at(positives, gt["labels"][real], 1)
-        if fix == "missed":
-            np.add.at(removed, gt["labels"][lab["missed"]], 1)
-        elif fix == "false_negative":
-            np.add.at(removed, gt["labels"][real & ~lab["found"]], 1)
+    if fix == "missed":
+        removed = d["missed_boxes"]
+    elif fix == "false_negative":
+        removed = d["unfound_boxes"]
     if fix is not None:
         late[is_tp] = 1
     if fix in ("classification", "localisation", "both", "duplicate", "background"):
@@ -116,8 +130,13 @@ def oracle_aps(
         raise ValueError(f"unknown error rules {rules!r}; choose from {tuple(AP_METRICS)}")
 
     aps = np.full(num_classes, np.nan)
+    kept = np.flatnonzero(keep)  # (D',) in TIDE's order
+    kept = kept[np.argsort(label[kept], kind="stable")]  # grouped by class, TIDE's order inside a class
+    bounds = np.searchsorted(
+        label[kept], np.arange(num_classes + 1)
+    )  # class c: kept[bounds[c]:bounds[c + 1]]
     for c in range(1, num_classes):
-        ranked = np.flatnonzero(keep & (label == c))  # (Dc,) in TIDE's order
+        ranked = kept[bounds[c] : bounds[c + 1]]  # (Dc,) in TIDE's order
         if rules == "voc":
             if positives[c] == 0:
                 continue

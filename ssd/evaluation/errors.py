@@ -61,7 +61,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ssd.evaluation.error_oracle import AP_METRICS, oracle_aps
+from ssd.evaluation.error_oracle import AP_METRICS, oracle_aps, oracle_layout
 from ssd.evaluation.voc import box_iou_pixels
 
 FALSE_POSITIVE_TYPES = ("classification", "localisation", "both", "duplicate", "background")
@@ -72,6 +72,8 @@ MAX_DETECTIONS = 100  # per image, under rules="tide"
 SIZE_NAMES = ("small", "medium", "large")
 SIZE_LIMITS = (32.0**2, 96.0**2)  # COCO's area limits, pixels
 REFERENCE = "TIDE (Bolya et al., ECCV 2020), as computed by the tidecv package"
+# step 3's tests in order, then the catch-all
+_KINDS_BY_TEST = np.array(["localisation", "classification", "duplicate", "background", "both"], dtype=object)
 
 
 def size_of(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -86,12 +88,15 @@ def _check_rules(rules: str) -> None:
         raise ValueError(f"unknown error rules {rules!r}; choose from {RULES}")
 
 
-def _best(iou_row: np.ndarray, mask: np.ndarray) -> tuple[int, float]:
-    """The box with the highest IoU among `mask` (the first of equals), and that IoU; (-1, -1.0) if none."""
-    if not mask.any():
-        return -1, -1.0
-    j = int(np.where(mask, iou_row, -1.0).argmax())
-    return j, float(iou_row[j])
+def _best(iou: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., G) IoU and bool mask -> along the last axis, the box with the highest IoU among the mask (the first
+    of equals) and that IoU: (...,) int and (...,) float, -1 and -1.0 where the mask is empty."""
+    if iou.shape[-1] == 0:
+        return np.full(mask.shape[:-1], -1, np.int64), np.full(mask.shape[:-1], -1.0)
+    masked = np.where(mask, iou, -1.0)  # IoU >= 0, so a masked box always wins over -1
+    j = masked.argmax(axis=-1)
+    v = np.take_along_axis(masked, j[..., None], axis=-1)[..., 0]  # -1 exactly where the mask is empty
+    return np.where(v >= 0, j, -1), v
 
 
 def _covered_fraction(boxes_xyxy: np.ndarray, regions_xyxy: np.ndarray, pixel_offset: float) -> np.ndarray:
@@ -104,23 +109,24 @@ def _covered_fraction(boxes_xyxy: np.ndarray, regions_xyxy: np.ndarray, pixel_of
     return inter_wh[..., 0] * inter_wh[..., 1] / area[:, None]
 
 
-def _error_type(
-    iou_row: np.ndarray, same: np.ndarray, real: np.ndarray, found: np.ndarray, fg_iou: float, bg_iou: float
-) -> tuple[str, int, float]:
-    """Step 3 of the module docstring for one detection: (type, box judged against or -1, IoU with it)."""
+def _error_types(
+    iou: np.ndarray, same: np.ndarray, real: np.ndarray, found: np.ndarray, fg_iou: float, bg_iou: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 3 of the module docstring for R detections at once: (R,) type, (R,) box judged against or -1,
+    (R,) IoU with it. `iou`, `same`: (R, G); `real`, `found`: (G,)."""
+    num = iou.shape[0]
     if not real.any():
-        return "background", -1, 0.0
-    j, v = _best(iou_row, same & real)
-    if bg_iou <= v <= fg_iou:
-        return "localisation", j, v
-    j, v = _best(iou_row, ~same & real)
-    if v >= fg_iou:
-        return "classification", j, v
-    j, v = _best(iou_row, same & real & found)
-    if v >= fg_iou:
-        return "duplicate", j, v
-    j, v = _best(iou_row, real)
-    return ("background", -1, v) if v <= bg_iou else ("both", j, v)
+        return np.full(num, "background", object), np.full(num, -1, np.int64), np.zeros(num)
+    masks = np.stack([same & real, ~same & real, same & real & found, np.broadcast_to(real, iou.shape)])
+    best_j, best_v = _best(iou, masks)  # (4, R): its class (taken boxes included), another class, its class
+    own_v, other_v, taken_v, any_v = best_v  # taken by a TP, any class
+    tests = [(bg_iou <= own_v) & (own_v <= fg_iou), other_v >= fg_iou, taken_v >= fg_iou, any_v <= bg_iou]
+    which = np.argmax(np.stack([*tests, np.ones(num, bool)]), axis=0)  # (R,) the first test that holds
+    rows = np.arange(num)
+    kind = _KINDS_BY_TEST[which]
+    target = np.concatenate([best_j[:3], np.full((1, num), -1), best_j[3:]])[which, rows]  # background: -1
+    overlap = np.concatenate([best_v, best_v[3:]])[which, rows]  # background and both: the highest IoU
+    return kind, target, overlap
 
 
 def label_image_errors(
@@ -160,43 +166,50 @@ def label_image_errors(
     )  # (K, G)
     same = labels[:, None] == gt_labels[None, :]  # (K, G)
     order = np.argsort(-scores, kind="stable")  # (K,) ties keep the input order
-    if rules == "tide":
-        order = order[:MAX_DETECTIONS]
-        covered = _covered_fraction(boxes, gt_boxes[~real], pixel_offset) if num_dets else None  # (K, D)
     kind = np.full(num_dets, "dropped", dtype=object)
     target = np.full(num_dets, -1, np.int64)
     overlap = np.zeros(num_dets)
     in_ap = np.zeros(num_dets, bool)
-    repairs = np.zeros(num_dets, bool)
     found = np.zeros(num_gt, bool)
+
+    # Step 2: matching. Only a detection with a box of its class at IoU >= t_f can become a TP (or, under
+    # "voc", be ignored); the others skip straight to step 3.
+    if rules == "tide":
+        order = order[:MAX_DETECTIONS]
+        in_ap[order] = True
+        kind[order] = ""
+        could_match = (same & real & (iou >= fg_iou)).any(axis=1)  # (K,)
+        for k in order[could_match[order]]:  # greedy, highest score first: a TP takes its box from the others
+            j, v = _best(iou[k : k + 1], (same[k] & real & ~found)[None])
+            if v[0] >= fg_iou:
+                kind[k], target[k], overlap[k], found[j[0]] = "tp", j[0], v[0], True
+        if not real.all():  # difficult boxes (COCO's crowd regions)
+            covered = _covered_fraction(boxes, gt_boxes[~real], pixel_offset)  # (K, D)
+            inside = ((covered > fg_iou) & same[:, ~real]).any(axis=1)  # (K,) in a difficult box of its class
+            in_ap[order[(kind[order] == "") & inside[order]]] = False
+    else:
+        in_ap[:] = True
+        kind[:] = ""
+        best_j, best_v = _best(iou, same)  # (K,) the best box of its class, taken or not
+        hit = best_v >= fg_iou
+        ignored = hit & ~real[np.maximum(best_j, 0)] if num_gt else np.zeros(num_dets, bool)
+        kind[ignored], in_ap[ignored] = "ignored", False
+        target[ignored], overlap[ignored] = best_j[ignored], best_v[ignored]
+        claims = order[(hit & ~ignored)[order]]  # (M,) in rank order
+        _, first = np.unique(best_j[claims], return_index=True)  # the first claim of each box is the TP
+        tps = claims[first]
+        kind[tps], target[tps], overlap[tps], found[best_j[tps]] = "tp", best_j[tps], best_v[tps], True
+
+    # Step 3: error types of the rest; then, highest score first, the first claim of a free box repairs it.
+    rest = order[kind[order] == ""]  # (R,) in rank order
+    kind[rest], target[rest], overlap[rest] = _error_types(iou[rest], same[rest], real, found, fg_iou, bg_iou)
+    repairs = np.zeros(num_dets, bool)
+    fixable = rest[(kind[rest] == "classification") | (kind[rest] == "localisation")]
+    fixable = fixable[~found[target[fixable]]]  # (F,) in rank order, on boxes no TP took
+    _, first = np.unique(target[fixable], return_index=True)
+    repairs[fixable[first]] = True
     usable = np.zeros(num_gt, bool)  # a classification / localisation error points at this free box
-
-    for k in order:  # step 2: matching
-        in_ap[k] = True
-        if rules == "tide":
-            j, v = _best(iou[k], same[k] & real & ~found)
-            if v < fg_iou and (covered[k] > fg_iou)[same[k][~real]].any():
-                in_ap[k] = False  # inside a difficult box of its class
-        else:
-            j, v = _best(iou[k], same[k])
-            if v >= fg_iou and not real[j]:
-                kind[k], target[k], overlap[k], in_ap[k] = "ignored", j, v, False
-                continue
-            if v >= fg_iou and found[j]:
-                v = -1.0  # its box is taken: not a TP (a duplicate below)
-        if v >= fg_iou:
-            kind[k], target[k], overlap[k], found[j] = "tp", j, v, True
-        else:
-            kind[k] = ""
-
-    for k in order:  # step 3: error types, highest score first, so the first claim of a free box repairs it
-        if kind[k] != "":
-            continue
-        kind[k], target[k], overlap[k] = _error_type(iou[k], same[k], real, found, fg_iou, bg_iou)
-        j = target[k]
-        if kind[k] in ("classification", "localisation") and not found[j]:
-            repairs[k] = not usable[j]
-            usable[j] = True
+    usable[target[fixable]] = True
     return {
         "kind": kind,
         "target": target,
@@ -254,11 +267,12 @@ def error_breakdown(
     all_labels = [
         label_image_errors(g, p, fg_iou, bg_iou, rules, pixel_offset) for g, p in zip(gts, preds, strict=True)
     ]
-    base = oracle_aps(gts, preds, all_labels, num_classes, None, rules)  # (C,)
+    layout = oracle_layout(gts, preds, all_labels, num_classes)  # shared by the 9 runs below
+    base = oracle_aps(gts, preds, all_labels, num_classes, None, rules, layout)  # (C,)
     base_map = _nanmean(base)
     dap = {}
     for error in (*ERROR_TYPES, *SPECIAL_ERROR_TYPES):
-        fixed = oracle_aps(gts, preds, all_labels, num_classes, error, rules)  # (C,)
+        fixed = oracle_aps(gts, preds, all_labels, num_classes, error, rules, layout)  # (C,)
         delta = 100.0 * (fixed - base)  # (C,) NaN where either is NaN
         fixed_map = _nanmean(fixed)
         total = None if base_map is None or fixed_map is None else 100.0 * (fixed_map - base_map)
@@ -289,14 +303,31 @@ def error_breakdown(
     return summary, labels
 
 
+def _joined(gts, preds, labels) -> dict[str, np.ndarray]:
+    """Every image's arrays joined: detections (D,) and boxes (B,), for counting over the whole dataset."""
+
+    def cat(parts: list[np.ndarray], dtype, shape=(0,)) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
+    return {
+        "det_label": cat([p["labels"] for p in preds], np.int64),
+        "det_kind": cat([lab["kind"] for lab in labels], object),
+        "det_boxes": cat([p["boxes_xyxy"] for p in preds], np.float64, (0, 4)),
+        "gt_label": cat([g["labels"] for g in gts], np.int64),
+        "gt_real": cat([~np.asarray(g["difficult"], bool) for g in gts], bool),
+        "gt_boxes": cat([g["boxes_xyxy"] for g in gts], np.float64, (0, 4)),
+        "found": cat([lab["found"] for lab in labels], bool),
+        "missed": cat([lab["missed"] for lab in labels], bool),
+    }
+
+
 def _counts(gts, preds, labels, num_classes: int, class_names, kinds) -> dict:
     """{kind: {"all", "per_class"}}: detections by predicted class, missed boxes by their class."""
-    counts = {kind: np.zeros(num_classes, np.int64) for kind in kinds}
-    for gt, pred, lab in zip(gts, preds, labels, strict=True):
-        for kind, label in zip(lab["kind"], pred["labels"], strict=True):
-            if kind in counts:
-                counts[kind][label] += 1
-        np.add.at(counts["missed"], gt["labels"][lab["missed"]], 1)
+    d = _joined(gts, preds, labels)
+    counts = {
+        kind: np.bincount(d["det_label"][d["det_kind"] == kind], minlength=num_classes) for kind in kinds
+    }
+    counts["missed"] = np.bincount(d["gt_label"][d["missed"]], minlength=num_classes)
     return {
         kind: {
             "all": int(v[1:].sum()),
@@ -309,25 +340,23 @@ def _counts(gts, preds, labels, num_classes: int, class_names, kinds) -> dict:
 def _sizes(gts, kept, labels, class_names) -> dict:
     """{"sizes": {size: row}, "recall_by_size": {class: {size: recall}}} at the score threshold."""
     num_classes = len(class_names)
-    size_rows = {
-        name: dict.fromkeys(("ground_truth", "found", "missed", "false_positives"), 0) for name in SIZE_NAMES
-    }
+    d = _joined(gts, kept, labels)
+    gt_size, det_size = size_of(d["gt_boxes"]), size_of(d["det_boxes"])  # (B,), (D,)
+    is_fp = np.isin(d["det_kind"], FALSE_POSITIVE_TYPES)  # (D,)
+    size_rows = {}
+    for s, name in enumerate(SIZE_NAMES):
+        row = {
+            "ground_truth": int(np.sum(d["gt_real"] & (gt_size == s))),
+            "found": int(np.sum(d["found"] & (gt_size == s))),
+            "missed": int(np.sum(d["missed"] & (gt_size == s))),
+            "false_positives": int(np.sum(is_fp & (det_size == s))),
+        }
+        row["recall"] = row["found"] / row["ground_truth"] if row["ground_truth"] else None
+        size_rows[name] = row
     gt_by_size = np.zeros((num_classes, len(SIZE_NAMES)), np.int64)
     found_by_size = np.zeros_like(gt_by_size)
-    for gt, pred, lab in zip(gts, kept, labels, strict=True):
-        real = ~gt["difficult"]
-        gt_size = size_of(gt["boxes_xyxy"])
-        np.add.at(gt_by_size, (gt["labels"][real], gt_size[real]), 1)
-        np.add.at(found_by_size, (gt["labels"][lab["found"]], gt_size[lab["found"]]), 1)
-        det_size = size_of(pred["boxes_xyxy"])
-        is_fp = np.isin(lab["kind"], FALSE_POSITIVE_TYPES)  # (K,)
-        for s, name in enumerate(SIZE_NAMES):
-            size_rows[name]["ground_truth"] += int(np.sum(real & (gt_size == s)))
-            size_rows[name]["found"] += int(np.sum(lab["found"] & (gt_size == s)))
-            size_rows[name]["missed"] += int(np.sum(lab["missed"] & (gt_size == s)))
-            size_rows[name]["false_positives"] += int(np.sum(is_fp & (det_size == s)))
-    for row in size_rows.values():
-        row["recall"] = row["found"] / row["ground_truth"] if row["ground_truth"] else None
+    np.add.at(gt_by_size, (d["gt_label"][d["gt_real"]], gt_size[d["gt_real"]]), 1)
+    np.add.at(found_by_size, (d["gt_label"][d["found"]], gt_size[d["found"]]), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall_by_size = found_by_size / gt_by_size  # (C, 3), NaN where a class has no box of that size
     return {

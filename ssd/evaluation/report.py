@@ -2,7 +2,8 @@
 
     write_report(folder, dataset, "bccd_test", score_threshold=0.5)  # -> folder/report.html, folder/errors.json
 
-It reads what test.py leaves in `folder` (coco_instances_results.json, and results.json when present) and shows:
+It reads what test.py leaves in `folder` (coco_instances_results.json, and results.json when present; test.py
+itself hands over the detections and the error analysis it has in memory, see `write_report`) and shows:
 the COCO and VOC tables; per class AP, TP/FP/FN and precision/recall/F1 at the score threshold; the PR curves and
 the confusion matrix of `ssd.evaluation.analysis`; the error breakdown and dAP of `ssd.evaluation.errors` (TIDE's
 definitions, Bolya et al., ECCV 2020); recall by object size; and the galleries of `ssd.evaluation.gallery`, which a
@@ -78,6 +79,8 @@ def write_report(
     predictions_file: str | Path | None = None,
     per_class: int = 8,
     error_rules: str = "tide",
+    predictions: Mapping[int, Mapping[str, np.ndarray]] | None = None,
+    analysis: Mapping | None = None,
 ) -> dict:
     """Write folder/report.html and folder/errors.json (the error breakdown) for `dataset`.
 
@@ -91,18 +94,23 @@ def write_report(
         per_class: gallery entries per error type and class.
         error_rules: "tide" (TIDE's definitions) or "voc" (on the VOC devkit's matching and AP); see
             `ssd.evaluation.errors`.
+        predictions: {dataset index: prediction arrays} (`prediction_to_numpy`) already in memory, instead of
+            reading `predictions_file` (test.py passes the error analysis evaluator's `last_run`).
+        analysis: `ErrorAnalysisEvaluator.analyse` of these predictions, reused when made at this score
+            threshold and IoU 0.5 with the dataset's classes (else made again).
 
     Returns:
         {"path": the HTML file, "gallery": {error type: number of entries}, "summary": the error breakdown}.
     """
     folder = Path(folder)
-    predictions_file = Path(predictions_file or folder / PREDICTIONS_FILE)
-    if not predictions_file.is_file():
-        raise FileNotFoundError(
-            f"{predictions_file} not found: the report needs the detections test.py writes there"
-        )
-    with open(predictions_file) as f:
-        predictions = predictions_from_coco_results(json.load(f), dataset)
+    if predictions is None:
+        predictions_file = Path(predictions_file or folder / PREDICTIONS_FILE)
+        if not predictions_file.is_file():
+            raise FileNotFoundError(
+                f"{predictions_file} not found: the report needs the detections test.py writes there"
+            )
+        with open(predictions_file) as f:
+            predictions = predictions_from_coco_results(json.load(f), dataset)
     if results is None and (folder / "results.json").is_file():
         with open(folder / "results.json") as f:
             results = json.load(f)
@@ -115,6 +123,7 @@ def write_report(
         per_class,
         error_rules,
         saved_plots=folder,
+        analysis=analysis,
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -157,11 +166,13 @@ def build_report(
     per_class: int = 8,
     error_rules: str = "tide",
     saved_plots: Path | None = None,
+    analysis: Mapping | None = None,
 ) -> tuple[str, dict]:
     """The HTML page and {"gallery": {error type: entries}, "summary": error breakdown} (see `write_report`).
 
     `saved_plots`: a folder where the error analysis of test.py saved analysis.json and its PNGs; a PNG is
     embedded instead of being drawn again when it shows this report's analysis (`_saved_plots`).
+    `analysis`: the error analysis of these predictions, if already made (see `write_report`).
     """
     class_names = list(dataset.class_names)
     empty = {"boxes_xyxy": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "scores": np.zeros(0)}
@@ -171,7 +182,14 @@ def build_report(
     kept = [{k: v[p["scores"] >= score_threshold] for k, v in p.items()} for p in preds]
     items = select_items(gts, kept, labels, preds, class_names, per_class)
     add_thumbnails(items, dataset.load_image, [g.get("file_name", f"image {i}") for i, g in enumerate(gts)])
-    analysis = ErrorAnalysisEvaluator(dataset, score_threshold).analyse(dict(enumerate(preds)))
+    analyser = ErrorAnalysisEvaluator(dataset, score_threshold)
+    same_setting = analysis is not None and (
+        analysis["score_threshold"] == score_threshold
+        and analysis["iou_threshold"] == analyser.iou_threshold
+        and list(analysis["class_names"]) == class_names
+    )
+    if not same_setting:
+        analysis = analyser.analyse(dict(enumerate(preds)))
 
     sections = [
         summary_section(results, analysis, summary, gts, class_names),
