@@ -12,6 +12,7 @@ depend on the number of workers: every training sample is augmented with its own
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import secrets
@@ -228,47 +229,136 @@ def _holds_out_validation(cfg, num_train_images: int) -> bool:
     return True
 
 
-def build_fit_dataset(cfg) -> DetectionDataset | DetectionConcatDataset | DetectionSubset:
-    """The training images' annotations, without transforms and without the held-out validation images:
-    what the settings fitted to the data (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto") are chosen on."""
-    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
-    if not _holds_out_validation(cfg, len(train)):
-        return train
-    return split_for_validation(train, cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES)[0]
+def hold_out_validation(cfg, parsed: Dataset) -> tuple[Dataset, Dataset | None]:
+    """(training part, held-out validation part or None) of DATASETS.TRAIN, as parsed annotations.
+
+    The held-out part is DATASETS.VAL_FRACTION of the images (`ssd.data.split`) when DATASETS.VAL is empty;
+    with DATASETS.VAL named, or nothing to hold out, every image trains and None is returned. `parsed` is
+    DATASETS.TRAIN built once (`build_dataset(..., annotations_only=True)`); both parts share its records.
+    """
+    if cfg.DATASETS.VAL:
+        return parsed, None
+    if not _holds_out_validation(cfg, len(parsed)):
+        if cfg.DATASETS.VAL_FRACTION <= 0:
+            logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
+        return parsed, None
+    fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
+    train_part, val_part = split_for_validation(parsed, fraction, max_images)
+    capped = max_images and len(val_part) == max_images < round(fraction * len(parsed))
+    logger.info(
+        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
+        "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
+        "other %d. DATASETS.TEST is not used before the final evaluation.",
+        len(val_part), len(parsed), fraction, f", capped at DATASETS.VAL_MAX_IMAGES {max_images}" if capped else "",
+        len(train_part),
+    )  # fmt: skip
+    return train_part, val_part
 
 
-def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
-    """(training images, validation images or None) as train.py uses them.
+def with_transform(dataset: Dataset, transform, is_train: bool) -> Dataset:
+    """The same parsed images with another pipeline: shallow copies that share the packed records.
+
+    A training view (`is_train` True: difficult boxes dropped, augmentation) and a validation view (test
+    pipeline, difficult boxes kept) of one parse cost no second parse and no second copy of the records.
+    Works through `DetectionConcatDataset` and `DetectionSubset` (the indices are kept).
+    """
+    if isinstance(dataset, DetectionSubset):
+        inner = with_transform(dataset.dataset, transform, is_train)
+        return DetectionSubset(inner, dataset.indices, name=dataset.name)
+    if isinstance(dataset, DetectionConcatDataset):
+        return DetectionConcatDataset([with_transform(d, transform, is_train) for d in dataset.datasets])
+    view = copy.copy(dataset)  # the records (a RecordTable of arrays) are shared, not copied
+    view.transform, view.is_train = transform, is_train
+    return view
+
+
+def build_train_val_datasets(
+    cfg, parsed: Dataset | None = None, parts: tuple[Dataset, Dataset | None] | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """(training images, validation images or None) as train.py uses them, with their pipelines.
 
     Validation is DATASETS.VAL (its first name) when given. Otherwise DATASETS.VAL_FRACTION of the training
-    images are held out (`ssd.data.split`): the training set is then the rest, and the validation set the
-    same images with the test-time pipeline (no augmentation, difficult boxes kept). DATASETS.TEST is never
-    used for validation. VAL empty and VAL_FRACTION 0: no validation.
+    images are held out (`hold_out_validation`): the training set is then the rest, and the validation set
+    the same images with the test-time pipeline (no augmentation, difficult boxes kept). DATASETS.TEST is
+    never used for validation. VAL empty and VAL_FRACTION 0: no validation.
+
+    Args:
+        parsed: DATASETS.TRAIN already built with `annotations_only=True` (parsed here when None).
+        parts: `hold_out_validation(cfg, parsed)` when already made (the recipe fits priors on its first).
     """
-    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    if parts is None:
+        if parsed is None:
+            parsed = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
+        parts = hold_out_validation(cfg, parsed)
+    train_part, val_part = parts
+    size, mean, augmentation = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.AUGMENTATION
+    train = with_transform(train_part, build_transforms(size, mean, True, augmentation), is_train=True)
+    if cfg.DATASETS.CHECK_IMAGES:  # skipped by the annotations-only parse; the held-out images too
+        for dataset in _detection_datasets(train_part):
+            if hasattr(dataset, "verify_images"):
+                dataset.verify_images()
     if cfg.DATASETS.VAL:
         names = tuple(cfg.DATASETS.VAL)
         if len(names) > 1:
             logger.warning("Validating on %s only (the first of DATASETS.VAL %s)", names[0], names)
         return train, build_dataset(cfg, [names[0]], is_train=False)
-    if not _holds_out_validation(cfg, len(train)):
-        if cfg.DATASETS.VAL_FRACTION <= 0:
-            logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
+    if val_part is None:
         return train, None
-    fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
-    train_split, _ = split_for_validation(train, fraction, max_images)
-    _, val_split = split_for_validation(
-        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), fraction, max_images
-    )
-    capped = max_images and len(val_split) == max_images < round(fraction * len(train))
-    logger.info(
-        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
-        "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
-        "other %d. DATASETS.TEST is not used before the final evaluation.",
-        len(val_split), len(train), fraction, f", capped at DATASETS.VAL_MAX_IMAGES {max_images}" if capped else "",
-        len(train_split),
-    )  # fmt: skip
-    return train_split, val_split
+    return train, with_transform(val_part, build_transforms(size, mean, False, augmentation), is_train=False)
+
+
+def _detection_datasets(dataset: Dataset) -> list[Dataset]:
+    """The `DetectionDataset`s inside subsets and concatenations (each once)."""
+    if isinstance(dataset, DetectionSubset):
+        return _detection_datasets(dataset.dataset)
+    if isinstance(dataset, DetectionConcatDataset):
+        return [d for inner in dataset.datasets for d in _detection_datasets(inner)]
+    return [dataset]
+
+
+def training_boxes(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every box a training run learns from, read from the packed records in a few array operations.
+
+    Difficult boxes are left out (training drops them too); no image is decoded.
+
+    Returns:
+        boxes_norm (B, 4) float64 xyxy in 0..1 of its image, labels (B,) int64, image (B,) int64 index of
+        the box's image in `dataset`; boxes in image order, then in annotation order.
+    """
+    if isinstance(dataset, DetectionSubset):
+        boxes, labels, image = training_boxes(dataset.dataset)
+        position = np.full(len(dataset.dataset), -1, dtype=np.int64)  # parent index -> subset index
+        position[np.asarray(dataset.indices, dtype=np.int64)] = np.arange(len(dataset))
+        new_image = position[image]  # (B,)
+        # Subset indices may be in any order: keep the boxes in the subset's image order.
+        order = np.argsort(new_image[new_image >= 0], kind="stable")
+        keep = np.flatnonzero(new_image >= 0)[order]
+        return boxes[keep], labels[keep], new_image[keep]
+    if isinstance(dataset, DetectionConcatDataset):
+        parts = [training_boxes(d) for d in dataset.datasets]
+        starts = [0, *dataset.cumulative_sizes[:-1]]
+        return (
+            np.concatenate([b for b, _, _ in parts]),
+            np.concatenate([lab for _, lab, _ in parts]),
+            np.concatenate([img + start for (_, _, img), start in zip(parts, starts, strict=True)]),
+        )
+    if hasattr(dataset, "box_arrays"):
+        boxes_xyxy, labels, difficult, image, widths, heights = dataset.box_arrays()
+    else:  # a dataset of another kind: one annotation dict per image
+        records = [dataset.get_annotation(i) for i in range(len(dataset))]
+        counts = [len(r["labels"]) for r in records]
+        boxes_xyxy = np.concatenate(
+            [np.zeros((0, 4))] + [np.reshape(r["boxes_xyxy"], (-1, 4)) for r in records]
+        )
+        labels = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(r["labels"]) for r in records])
+        difficult = np.concatenate([np.zeros(0, bool)] + [np.asarray(r["difficult"], bool) for r in records])
+        image = np.repeat(np.arange(len(records)), counts)
+        widths = np.array([r["width"] for r in records], dtype=np.int64)
+        heights = np.array([r["height"] for r in records], dtype=np.int64)
+    scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64)[image]  # (B, 4)
+    keep = ~np.asarray(difficult, dtype=bool)
+    boxes_norm = np.asarray(boxes_xyxy, dtype=np.float64)[keep] / scale[keep]
+    return boxes_norm, np.asarray(labels, dtype=np.int64)[keep], np.asarray(image, dtype=np.int64)[keep]
 
 
 def build_train_loader(cfg, start_iter: int = 0, dataset: Dataset | None = None) -> DataLoader:
