@@ -71,6 +71,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def imports_peak_gb() -> float:
+    """Peak RSS of a Python process that only imports what train.py imports before its first step (torch,
+    the package): the floor under train.py's own peak."""
+    code = (
+        "import pathlib, train, ssd.engine.recipe, ssd.engine.inference; "
+        "print([l for l in pathlib.Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM')][0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    return round(int(out.stdout.split()[1]) / 1e6, 2)
+
+
 def train_command(root: Path, output_dir: Path, quick: bool = False) -> list[str]:
     register = (f"startup_train:coco:{root}/train.json:{root}/train",)
     small_batch = ["SOLVER.BATCH_SIZE", "2"] if quick else []  # --quick: a first iteration of seconds
@@ -165,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{measured['loop_start_peak_rss_gb']:.2f} GB, CPU time {measured['loop_start_cpu_s']:.1f} s; to the end of its first iteration: "
         f"{measured['first_iteration_s']:.1f} s, peak RSS {measured['peak_rss_gb']:.2f} GB (train.py), "
         f"workers {measured['worker_peak_rss_gb']} GB"
+    )
+    measured["imports_peak_rss_gb"] = imports_peak_gb()
+    print(
+        f"(a Python process importing torch and the package alone: peak RSS {measured['imports_peak_rss_gb']:.2f} GB)"
     )
     results.update(train_images=args.train, **measured)
     record.write(args.results, results)

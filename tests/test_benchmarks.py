@@ -159,7 +159,8 @@ def test_startup_benchmark_quick_times_train_py_and_its_recipe_steps(tmp_path):
         two_decimals(data["loop_start_peak_rss_gb"]),
     )
     assert 0 < data["loop_start_s"] <= data["first_iteration_s"]
-    assert 0 < data["loop_start_peak_rss_gb"] <= data["peak_rss_gb"]
+    assert 0 < data["imports_peak_rss_gb"] < data["loop_start_peak_rss_gb"] <= data["peak_rss_gb"]
+    assert 0 < data["loop_start_cpu_s"]
     assert data["train_images"] == 200 and len(data["worker_peak_rss_gb"]) == 2  # the base's 2 loader workers
     # Every step of the recipe is timed from train.py's own log (the base config fits priors).
     assert set(data["recipe_steps_s"]) == {
