@@ -14,15 +14,10 @@ import ssd.data.build as data_build
 import ssd.engine.recipe as recipe
 from ssd.config import ConfigError, load_config
 from ssd.config.stored import concrete_priors
-from ssd.data.build import (
-    DetectionConcatDataset,
-    build_dataset,
-    hold_out_validation,
-    training_boxes,
-    with_transform,
-)
+from ssd.data.build import DetectionConcatDataset, build_dataset, hold_out_validation
 from ssd.data.datasets.base import DetectionDataset, make_record
 from ssd.data.split import DetectionSubset
+from ssd.data.views import training_boxes, with_transform
 from ssd.engine.recipe import cap_warmup, choose_augmentation, fit_config_priors, prepare_run
 from ssd.modeling import build_detection_model
 from ssd.modeling.prior_fitting import coverage_report

@@ -108,7 +108,8 @@ def test_test_py_uses_the_priors_stored_in_the_checkpoint_and_never_reads_the_tr
     The stored sizes are 1.25x the fit's (same boxes per location: the weights load either way). All weights
     are zero, so every detection is a prior itself (zero offsets decode to the prior, every class 1/4)."""
     from ssd.config import load_config
-    from ssd.data.build import build_dataset, hold_out_validation, training_boxes
+    from ssd.data.build import build_dataset, hold_out_validation
+    from ssd.data.views import training_boxes
     from ssd.engine.checkpoint import Checkpointer
     from ssd.engine.recipe import fit_config_priors
     from ssd.modeling import build_detection_model

@@ -33,8 +33,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from any folder without installing the package
 
 from ssd.config import ConfigError, load_config  # noqa: E402
-from ssd.data.build import build_dataset, hold_out_validation, training_boxes  # noqa: E402
+from ssd.data.build import build_dataset, hold_out_validation  # noqa: E402
 from ssd.data.datasets.base import DatasetError  # noqa: E402
+from ssd.data.views import training_boxes  # noqa: E402
 from ssd.modeling.prior_fitting import coverage_report  # noqa: E402
 from ssd.modeling.priors import make_priors  # noqa: E402
 

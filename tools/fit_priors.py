@@ -21,7 +21,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
 from ssd.config import ConfigError, load_config  # noqa: E402
-from ssd.data.build import build_dataset, hold_out_validation, training_boxes  # noqa: E402
+from ssd.data.build import build_dataset, hold_out_validation  # noqa: E402
+from ssd.data.views import training_boxes  # noqa: E402
 from ssd.engine.recipe import fit_config_priors, log_prior_coverage  # noqa: E402
 
 

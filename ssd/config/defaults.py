@@ -204,7 +204,7 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 5e-4
 # Learning-rate factor at iteration 0 of the linear warmup. constraint: in (0, 1].
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 3
-# Length of the linear warmup. train.py caps it at 10 % of MAX_ITER (rounded down) and logs the cap: a warmup
+# Length of the linear warmup. train.py caps it at a tenth of MAX_ITER (rounded down) and logs the cap: a warmup
 # sized for a long run would otherwise be all of a short one (a 2-image run of EPOCHS 40 has MAX_ITER 10).
 # unit: iterations.
 _C.SOLVER.WARMUP_ITERS = 500

@@ -5,7 +5,7 @@ borrows its fit, as a preview). The start-up, step by step:
 
     1. parse DATASETS.TRAIN once, annotations only, no image decoded  (data/build.py: build_dataset)
     2. hold out the validation images                                 (data/build.py: hold_out_validation)
-    3. read every training box from the packed records at once       (data/build.py: training_boxes)
+    3. read every training box from the packed records at once       (data/views.py: training_boxes)
     4. MODEL.PRIORS.AUTO -> fitted MODEL.PRIORS and backbone keys      (`fit_config_priors`, whose algorithm
                                                                         is modeling/prior_fitting.py)
     5. INPUT.AUGMENTATION "auto" -> "crop" or "ssd"                     (`choose_augmentation`)
@@ -30,13 +30,8 @@ import numpy as np
 from yacs.config import CfgNode
 
 from ssd.config import ConfigError, check_config
-from ssd.data.build import (
-    build_dataset,
-    build_train_val_datasets,
-    check_num_classes,
-    hold_out_validation,
-    training_boxes,
-)
+from ssd.data.build import build_dataset, build_train_val_datasets, check_num_classes, hold_out_validation
+from ssd.data.views import training_boxes
 from ssd.modeling.build import backbone_feature_shapes
 from ssd.modeling.prior_fitting import (
     LEVEL_SIDE_PER_STRIDE,
