@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 from ssd.config import ConfigError, load_config
+from ssd.config.stored import concrete_priors
 from ssd.data.datasets.image_files import DatasetError
 from ssd.engine.checkpoint import LAST_CHECKPOINT, CheckpointError
 from ssd.engine.inference import evaluate_on_test_datasets
 from ssd.engine.runtime import add_backend_arguments, build_backend
 from ssd.modeling import build_detection_model
-from ssd.modeling.model_zoo import bundled_file, read_checkpoint_metadata
-from ssd.modeling.prior_fitting import resolve_priors_for_inference
-from ssd.modeling.weights import WeightsError, load_model_weights
+from ssd.modeling.model_zoo import bundled_file, load_weights, read_checkpoint_metadata
+from ssd.modeling.weights import WeightsError
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
 from ssd.utils.logging import setup_logger
@@ -97,14 +97,12 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("test.py: DATASETS.TEST is empty; name the datasets to evaluate")
 
     ckpt = find_checkpoint(args.ckpt, output_dir)
-    if (
-        cfg.MODEL.PRIORS.AUTO
-    ):  # the priors the weights were trained with (stored in the checkpoint, or refitted)
+    if cfg.MODEL.PRIORS.AUTO:  # the priors the weights were trained with, stored in the checkpoint
         path = bundled_file(ckpt) or Path(ckpt)
         stored = read_checkpoint_metadata(path).get("config") if path.is_file() else None
-        cfg = resolve_priors_for_inference(cfg, stored)
+        cfg = concrete_priors(cfg, stored, ckpt)
     model = build_detection_model(cfg)
-    load_model_weights(model, ckpt, strict=True)
+    load_weights(model, ckpt, strict=True)
     model.to(device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -35,13 +35,13 @@ from ssd.engine.checkpoint import (
 )
 from ssd.engine.train_loop import BestMetricTracker, NonFiniteLossError, TrainOptions, train
 from ssd.engine.writers import build_writers
+from ssd.modeling.model_zoo import load_weights
 from ssd.modeling.weights import WeightsError, load_model_weights
 from ssd.solver import (
     apply_solver_config,
     build_lr_scheduler,
     build_optimizer,
     changed_solver_keys,
-    resolve_epoch_schedule,
 )
 from ssd.utils import dist as dist_utils
 from ssd.utils.device import select_device
@@ -151,7 +151,7 @@ def build_validator(cfg: CfgNode, device: torch.device, dataset):
 def initialise_weights(model: nn.Module, weights: str) -> None:
     """MODEL.WEIGHTS / --ckpt: start from a checkpoint (fine-tuning); heads of another shape are skipped."""
     logger.info("Initialising the model from %s", weights)
-    load_model_weights(model, weights)
+    load_weights(model, weights)  # a file, a URL, a model-zoo name or a bundled model's name
 
 
 def resume_with_config(cfg: CfgNode, checkpoint: dict, optimizer, scheduler) -> set[str]:
@@ -176,15 +176,10 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.dump())
         return 0
 
-    from ssd.data.build import (  # heavy imports after --print-config
-        build_fit_dataset,
-        build_train_loader,
-        build_train_val_datasets,
-        check_num_classes,
-    )
+    from ssd.data.build import build_train_loader  # heavy imports after --print-config
     from ssd.engine.inference import evaluate_on_test_datasets
+    from ssd.engine.recipe import prepare_run
     from ssd.modeling import build_detection_model
-    from ssd.modeling.prior_fitting import log_prior_coverage, resolve_auto_settings
 
     device = select_device(cfg.MODEL.DEVICE)
     distributed = dist_utils.init_distributed(device.type)  # under torchrun: join the process group
@@ -199,18 +194,11 @@ def run(args: argparse.Namespace) -> int:
     logger.info("Config file %s, overrides %s; %d process(es) on %s", args.config_file, opts,
                 dist_utils.get_world_size(), device)  # fmt: skip
 
-    # Data first: the settings fitted to the training boxes (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto")
-    # and the epoch count (SOLVER.EPOCHS) depend on the training images.
-    if cfg.MODEL.PRIORS.AUTO or cfg.INPUT.AUGMENTATION == "auto":
-        cfg = resolve_auto_settings(cfg, build_fit_dataset(cfg))
-    train_dataset, val_dataset = build_train_val_datasets(cfg)
-    check_num_classes(cfg.MODEL.NUM_CLASSES, train_dataset.class_names, ", ".join(cfg.DATASETS.TRAIN))
-    if val_dataset is not None:
-        check_num_classes(
-            cfg.MODEL.NUM_CLASSES, val_dataset.class_names, getattr(val_dataset, "name", "validation")
-        )
-    cfg = resolve_epoch_schedule(cfg, len(train_dataset), dist_utils.get_world_size())
-    log_prior_coverage(cfg, train_dataset, train_dataset.class_names)
+    # The recipe step (ssd/engine/recipe.py): DATASETS.TRAIN parsed once, every automatic value decided
+    # (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto", SOLVER.EPOCHS, the warmup) and logged. From here on
+    # `cfg` is concrete: it is what config.yaml and every checkpoint store.
+    recipe = prepare_run(cfg, dist_utils.get_world_size())
+    cfg, train_dataset, val_dataset = recipe.cfg, recipe.train_dataset, recipe.val_dataset
     if dist_utils.is_main_process():
         (output_dir / "config.yaml").write_text(cfg.dump())
     logger.info("Running with config:\n%s", cfg.dump())

@@ -145,3 +145,26 @@ def test_scale_benchmark_quick_writes_every_step(tmp_path):
     assert train["worker_last_batches"] > train["worker_first_batches"] > 0
     assert evaluation["AP_faster"] == pytest.approx(evaluation["AP_pycocotools"], abs=1e-4)
     assert 0 < evaluation["AP_faster"] < 100 and evaluation["report_mb"] > 0
+
+
+def test_startup_benchmark_quick_times_train_py_and_its_recipe_steps(tmp_path):
+    results = tmp_path / "startup.json"
+    args = ("--quick", "--root", str(tmp_path / "data"), "--results", str(results))
+    output = run_benchmark("startup.py", *args)
+    data = read_results(results, "startup.py", *args)
+    printed = re.search(r"train.py to its training loop: (\d+\.\d) s, peak RSS (\d+\.\d\d) GB", output)
+    assert printed, output[-2000:]
+    assert (printed[1], printed[2]) == (
+        f"{data['loop_start_s']:.1f}",
+        two_decimals(data["loop_start_peak_rss_gb"]),
+    )
+    assert 0 < data["loop_start_s"] <= data["first_iteration_s"]
+    assert 0 < data["imports_peak_rss_gb"] < data["loop_start_peak_rss_gb"] <= data["peak_rss_gb"]
+    assert 0 < data["loop_start_cpu_s"]
+    assert data["train_images"] == 200 and len(data["worker_peak_rss_gb"]) == 2  # the base's 2 loader workers
+    # Every step of the recipe is timed from train.py's own log (the base config fits priors).
+    assert set(data["recipe_steps_s"]) == {
+        "parse DATASETS.TRAIN", "hold out validation", "read training boxes", "fit priors",
+        "training and validation views", "coverage table",
+    }  # fmt: skip
+    assert "holding out 40 of the 200 training images" in output

@@ -106,7 +106,7 @@ def test_lufficc_mobilenet_v2_entry_loads_from_the_cache(hub_cache):
 
 def test_zoo_name_as_fine_tuning_weights(hub_cache):
     """MODEL.WEIGHTS / --ckpt accept a zoo name: a 21-class VOC entry initialises a 4-class model, heads skipped."""
-    from ssd.modeling.weights import load_model_weights
+    from ssd.modeling.model_zoo import load_weights
 
     cfg = load_config(
         get_entry("mobilenet_v2_ssd320_voc0712").config_file, ["MODEL.BACKBONE.PRETRAINED", "False"]
@@ -120,7 +120,7 @@ def test_zoo_name_as_fine_tuning_weights(hub_cache):
         ["MODEL.BACKBONE.PRETRAINED", "False", "MODEL.NUM_CLASSES", "4"],
     )
     model = build_detection_model(small)
-    report = load_model_weights(model, "mobilenet_v2_ssd320_voc0712")
+    report = load_weights(model, "mobilenet_v2_ssd320_voc0712")
     assert report.shape_mismatch and all("cls_heads" in key for key in report.shape_mismatch)
     key = "backbone.features.0.0.weight"
     assert torch.equal(model.state_dict()[key], original[key])

@@ -10,15 +10,11 @@ import pytest
 import torch
 
 from ssd.config import ConfigError, load_config
-from ssd.data.build import build_dataset, build_fit_dataset
 from ssd.modeling import build_detection_model
 from ssd.modeling.prior_coverage import coverage_report, nearest_prior_iou
 from ssd.modeling.prior_fitting import (
     FittedPriors,
-    choose_augmentation,
     fit_priors,
-    resolve_auto_priors,
-    resolve_priors_for_inference,
 )
 from ssd.modeling.priors import level_sizes, make_priors
 from ssd.structures.boxes import box_iou, cxcywh_to_xyxy
@@ -104,87 +100,6 @@ def test_auto_priors_must_be_resolved_before_building():
         build_detection_model(cfg)
 
 
-def shapes_cfg(*opts):
-    return load_config(
-        FINETUNE,
-        ["MODEL.BACKBONE.PRETRAINED", "False", "MODEL.NUM_CLASSES", "4", "DATASETS.REGISTER",
-         "('fit_train:synthetic:24:3:200',)", "DATASETS.TRAIN", "('fit_train',)", *opts],
-    )  # fmt: skip
-
-
-def test_resolved_config_builds_and_is_deterministic():
-    cfg = shapes_cfg()
-    train = build_fit_dataset(cfg)
-    first, second = resolve_auto_priors(cfg, train), resolve_auto_priors(cfg, train)
-    assert first.dump() == second.dump()
-    assert not first.MODEL.PRIORS.AUTO and cfg.MODEL.PRIORS.AUTO  # the input config is not changed
-    assert first.MODEL.PRIORS.BOXES_PER_LOCATION == [2 + 2 * len(r) for r in first.MODEL.PRIORS.ASPECT_RATIOS]
-    model = build_detection_model(first)  # the fitted lists agree with the backbone (checked at build)
-    assert model.priors_cxcywh.shape[0] == sum(
-        f * f * a
-        for f, a in zip(first.MODEL.PRIORS.FEATURE_MAPS, first.MODEL.PRIORS.BOXES_PER_LOCATION, strict=True)
-    )
-    # At test time: the stored config wins, else the same fit again from DATASETS.TRAIN.
-    assert resolve_priors_for_inference(cfg, first.dump()).MODEL.PRIORS.dump() == first.MODEL.PRIORS.dump()
-    assert resolve_priors_for_inference(cfg, None).MODEL.PRIORS.dump() == first.MODEL.PRIORS.dump()
-
-
-def real_dataset_cfg(register, class_names):
-    return load_config(
-        FINETUNE,
-        ["MODEL.BACKBONE.PRETRAINED", "False", "DATASETS.REGISTER", f"('{register}',)",
-         "DATASETS.CLASS_NAMES", class_names, "DATASETS.TRAIN", f"('{register.split(':')[0]}',)",
-         "DATASETS.VAL_FRACTION", "0.0"],
-    )  # fmt: skip
-
-
-def fitted_coverage(cfg):
-    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
-    fitted = resolve_auto_priors(cfg, dataset)
-    p = fitted.MODEL.PRIORS
-    priors = make_priors(
-        cfg.INPUT.IMAGE_SIZE, p.FEATURE_MAPS, p.STRIDES, p.MIN_SIZES, p.MAX_SIZES, p.ASPECT_RATIOS
-    )
-    from ssd.modeling.prior_fitting import dataset_boxes
-
-    rows = coverage_report(priors, dataset_boxes(dataset), dataset.class_names, 0.5)
-    return fitted, {row.name: row for row in rows}
-
-
-def test_fitted_priors_cover_bccd_training_boxes(bccd_root):
-    fitted, rows = fitted_coverage(
-        real_dataset_cfg(f"bccd_train:voc:{bccd_root}:train", "('RBC', 'WBC', 'Platelets')")
-    )
-    assert fitted.MODEL.BACKBONE.STRIDE8_MAP  # the 22 px platelets need the stride-8 level
-    assert rows["all"].boxes == 2804 and rows["all"].covered >= 0.98, rows
-    assert min(rows[c].covered for c in ("RBC", "WBC", "Platelets")) >= 0.95, rows
-    assert rows["Platelets"].positives >= 3
-
-
-def test_fitted_priors_cover_raccoon_training_boxes(raccoon_root):
-    fitted, rows = fitted_coverage(
-        real_dataset_cfg(
-            f"racc_train:csv:{raccoon_root}/data/train_labels.csv:{raccoon_root}/images:one_based",
-            "('raccoon',)",
-        )
-    )
-    assert not fitted.MODEL.BACKBONE.STRIDE8_MAP  # large objects: no stride-8 level
-    assert rows["all"].boxes == 173 and rows["all"].covered >= 0.98, rows
-
-
-def test_auto_augmentation_drops_the_zoom_out_only_for_small_objects():
-    """Reach of stride-8 priors: 2.5 * 8 = 20 px; a 2x zoom-out puts a box below it when its side < 40 px."""
-    boxes = np.array([[0, 0, 30, 30], [0, 0, 36, 36], [0, 0, 50, 50], [0, 0, 100, 100]]) / 320.0
-    choice, shares = choose_augmentation(boxes, np.array([1, 1, 2, 2]), 320, finest_stride=8)
-    assert choice == "crop" and shares == {1: 1.0, 2: 0.0}
-    # With stride-16 priors (reach 40 px, so below 80 px before the zoom-out) the 50 px boxes count too.
-    _, shares = choose_augmentation(boxes, np.array([1, 1, 2, 2]), 320, finest_stride=16)
-    assert shares == {1: 1.0, 2: 0.5}
-    # One class of mixed sizes, a third small: the zoom-out stays.
-    choice, _ = choose_augmentation(boxes[1:], np.array([1, 1, 1]), 320, finest_stride=8)
-    assert choice == "ssd"
-
-
 def test_a_rare_class_of_small_objects_is_not_outvoted():
     """30 small boxes (22 px) among 600 larger ones (45 px): the search weighs classes equally, so the small
     class gets a level of its own: stride-8 priors of its size, matching each box with several priors.
@@ -200,21 +115,6 @@ def test_a_rare_class_of_small_objects_is_not_outvoted():
     assert float((iou.max(dim=1).values >= 0.5).double().mean()) >= 0.95
     assert float((iou >= 0.5).sum(dim=1).double().mean()) >= 6  # positives per small box
     assert abs(fitted.min_sizes[0] - 22) < 3
-
-
-def test_coverage_table_of_a_large_set_reads_a_seeded_sample(monkeypatch):
-    import ssd.modeling.prior_fitting as prior_fitting
-
-    cfg = load_config(
-        opts=["DATASETS.REGISTER", "('cov_sample:synthetic:12:5:96',)", "INPUT.IMAGE_SIZE", "96"]
-    )
-    dataset = build_dataset(cfg, ["cov_sample"], is_train=False, annotations_only=True)
-    every = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
-    monkeypatch.setattr(prior_fitting, "MAX_REPORT_IMAGES", 3)
-    first = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
-    again = prior_fitting.log_prior_coverage(cfg, dataset, dataset.class_names)[-1].boxes
-    assert every == sum(len(dataset.get_annotation(i)["labels"]) for i in range(12))
-    assert 0 < first < every and first == again  # 3 of the 12 images, the same 3 each time
 
 
 @pytest.mark.parametrize(

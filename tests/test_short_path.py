@@ -102,22 +102,25 @@ def prior_boxes_xyxy(cfg) -> np.ndarray:
     return cxcywh_to_xyxy(priors.double()).clamp(0.0, 1.0).numpy()
 
 
-def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
-    """An AUTO config at test time: the checkpoint's stored priors are the ones the weights learnt with. A
-    refit from DATASETS.TRAIN gives the same priors only while the data and the fit stay the same, so here the
-    stored sizes are 1.25x the refit's (same boxes per location: the weights load either way). All weights are
-    zero, so every detection is a prior itself (zero offsets decode to the prior, every class scores 1/4)."""
+def test_test_py_uses_the_priors_stored_in_the_checkpoint_and_never_reads_the_training_data(tmp_path):
+    """An AUTO config at test time: the checkpoint's stored priors are the ones the weights learnt with, and
+    inference never fits them again (it never reads DATASETS.TRAIN: here that name is unknown to test.py).
+    The stored sizes are 1.25x the fit's (same boxes per location: the weights load either way). All weights
+    are zero, so every detection is a prior itself (zero offsets decode to the prior, every class 1/4)."""
     from ssd.config import load_config
-    from ssd.data.build import build_fit_dataset
+    from ssd.data.build import build_dataset, hold_out_validation
+    from ssd.data.views import training_boxes
     from ssd.engine.checkpoint import Checkpointer
+    from ssd.engine.recipe import fit_config_priors
     from ssd.modeling import build_detection_model
-    from ssd.modeling.prior_fitting import resolve_auto_settings
 
     config = tmp_path / "mine.yaml"
     config.write_text(USER_CONFIG.format(base=REPO / "configs" / "finetune_ssdlite320.yaml"))
     user = load_config(config)
     assert user.MODEL.PRIORS.AUTO
-    refit = resolve_auto_settings(user, build_fit_dataset(user))
+    part, _ = hold_out_validation(user, build_dataset(user, user.DATASETS.TRAIN, True, annotations_only=True))
+    boxes_norm, labels, _ = training_boxes(part)
+    refit = fit_config_priors(user, boxes_norm, labels, len(part))
     stored = refit.clone()
     stored.defrost()
     stored.MODEL.PRIORS.MIN_SIZES = [round(1.25 * m, 1) for m in refit.MODEL.PRIORS.MIN_SIZES]
@@ -128,7 +131,10 @@ def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
             parameter.zero_()
     ckpt = Checkpointer(model, tmp_path / "run", config_yaml=stored.dump()).save("model_final", iteration=0)
 
-    test_cli.main(["--config-file", str(config), "--ckpt", str(ckpt), "--output-dir", str(tmp_path / "t")])
+    never_read = ["DATASETS.TRAIN", "('no_such_dataset',)"]
+    test_cli.main(
+        ["--config-file", str(config), "--ckpt", str(ckpt), "--output-dir", str(tmp_path / "t"), *never_read]
+    )
     detections = json.loads(
         (tmp_path / "t" / "inference" / "sp_test" / "coco_instances_results.json").read_text()
     )
@@ -148,9 +154,24 @@ def test_test_py_uses_the_priors_stored_in_the_checkpoint_not_a_refit(tmp_path):
     from ssd.modeling.model_zoo import load_detector
     from ssd.structures.boxes import cxcywh_to_xyxy
 
-    loaded = load_detector(ckpt, config)
+    loaded = load_detector(ckpt, config, never_read)
     loaded_xyxy = cxcywh_to_xyxy(loaded.model.priors_cxcywh.double()).clamp(0.0, 1.0).numpy()  # (P, 4)
     np.testing.assert_allclose(loaded_xyxy, prior_boxes_xyxy(stored), atol=1e-6)
+
+    # A checkpoint without a stored config (a bare state dict): one line saying which file to pass.
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    with pytest.raises(
+        SystemExit, match=r"^test.py: MODEL.PRIORS.AUTO is True.*OUTPUT_DIR/config.yaml"
+    ) as err:
+        test_cli.main(
+            ["--config-file", str(config), "--ckpt", str(bare), "--output-dir", str(tmp_path / "u")]
+        )
+    assert "\n" not in str(err.value)
+    from ssd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"checkpoint {bare} stores none.*OUTPUT_DIR/config.yaml"):
+        load_detector(bare, config)
 
 
 # Ten 128 px images in a CSV file, for the fit-on-the-training-split test: two 50 px boxes (one "big", one

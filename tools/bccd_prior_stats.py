@@ -33,9 +33,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from any folder without installing the package
 
 from ssd.config import ConfigError, load_config  # noqa: E402
-from ssd.data.build import build_fit_dataset  # noqa: E402
+from ssd.data.build import build_dataset, hold_out_validation  # noqa: E402
 from ssd.data.datasets.base import DatasetError  # noqa: E402
-from ssd.modeling.prior_fitting import coverage_report, dataset_boxes  # noqa: E402
+from ssd.data.views import training_boxes  # noqa: E402
+from ssd.modeling.prior_coverage import coverage_report  # noqa: E402
 from ssd.modeling.priors import make_priors  # noqa: E402
 
 RECIPE = "configs/mobilenet_v2_ssd320_bccd.yaml"
@@ -87,8 +88,9 @@ def box_sizes(images, class_names, image_size: int) -> dict:
 def measure(recipe_opts: list[str]) -> dict:
     """The `boxes` and `priors` parts of the results file; `recipe_opts`: KEY VALUE overrides of the recipe."""
     recipe = load_config(str(REPO / RECIPE), recipe_opts)
-    dataset = build_fit_dataset(recipe)
-    images = dataset_boxes(dataset)
+    parsed = build_dataset(recipe, recipe.DATASETS.TRAIN, is_train=True, annotations_only=True)
+    boxes_norm, labels, _ = training_boxes(hold_out_validation(recipe, parsed)[0])
+    images = [(boxes_norm, labels)]  # one group: the table and the sizes treat the boxes one by one
     class_names = ["__background__", *recipe.DATASETS.CLASS_NAMES]
     priors = {}
     for name, (config, opts) in PRIOR_SETS.items():

@@ -21,10 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
-from ssd.config import load_config  # noqa: E402
+from ssd.config import ConfigError, load_config  # noqa: E402
+from ssd.config.stored import concrete_priors  # noqa: E402
 from ssd.modeling import build_detection_model  # noqa: E402
 from ssd.modeling.build import feature_map_shapes  # noqa: E402
-from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import priors_per_location  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def describe(config_file: str | None, opts: list[str]) -> str:
     """The report for a config, as printed by the command line."""
     # Weights do not change shapes or counts; never download ImageNet weights just to describe a model.
     cfg = load_config(config_file, [*opts, "MODEL.BACKBONE.PRETRAINED", "False"])
-    cfg = resolve_priors_for_inference(cfg)  # MODEL.PRIORS.AUTO: the priors fitted to DATASETS.TRAIN
+    cfg = concrete_priors(cfg)  # MODEL.PRIORS.AUTO: a ConfigError naming the file to pass instead
     model = build_detection_model(cfg).eval()
     size = cfg.INPUT.IMAGE_SIZE
     priors = cfg.MODEL.PRIORS
@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-file", default=None, help="YAML config (default: the built-in defaults)")
     parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     args = parser.parse_intermixed_args(argv)
-    print(describe(args.config_file, args.opts))
+    try:
+        report = describe(args.config_file, args.opts)
+    except ConfigError as err:  # e.g. an AUTO config: one line naming the file to pass
+        raise SystemExit(f"describe.py: {err}") from None
+    print(report)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python tools/fit_priors.py --config-file configs/examples/raccoon.yaml [KEY VALUE ...]
 
-The same fit that `MODEL.PRIORS.AUTO True` runs at the start of training (ssd/modeling/prior_fitting.py),
-on the same images (DATASETS.TRAIN without the held-out validation split). Prints the coverage table of the
+A preview of the recipe step's fit (ssd/engine/recipe.py, `fit_config_priors`; train.py runs it at start-up
+for `MODEL.PRIORS.AUTO True`), on the same images (DATASETS.TRAIN without the held-out validation split).
+This tool and train.py are the only callers of the recipe's functions. Prints the coverage table of the
 config's own priors and of the fitted ones (per class: boxes, share with a prior at IoU >= MODEL.THRESHOLD,
 mean positives per box), then the YAML. Use it to look at what AUTO would choose, or to freeze the choice.
 """
@@ -20,8 +21,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
 from ssd.config import ConfigError, load_config  # noqa: E402
-from ssd.data.build import build_fit_dataset  # noqa: E402
-from ssd.modeling.prior_fitting import log_prior_coverage, resolve_auto_priors  # noqa: E402
+from ssd.data.build import build_dataset, hold_out_validation  # noqa: E402
+from ssd.data.views import training_boxes  # noqa: E402
+from ssd.engine.recipe import fit_config_priors, log_prior_coverage  # noqa: E402
 
 
 def priors_yaml(cfg) -> str:
@@ -55,17 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = load_config(args.config_file, [*args.opts, "MODEL.BACKBONE.PRETRAINED", "False"], freeze=False)
-        train_dataset = build_fit_dataset(cfg)
+        parsed = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
+        train_part, _ = hold_out_validation(cfg, parsed)
+        boxes = training_boxes(train_part)  # boxes_norm (B, 4), labels (B,), image (B,)
+        names, num_images = parsed.class_names, len(train_part)
         if not cfg.MODEL.PRIORS.AUTO:
             print("The config's own priors:")
-            log_prior_coverage(cfg, train_dataset, train_dataset.class_names)
+            log_prior_coverage(cfg, *boxes, names, num_images)
         cfg.MODEL.PRIORS.AUTO = True
-        fitted = resolve_auto_priors(cfg, train_dataset)
+        fitted = fit_config_priors(cfg, boxes[0], boxes[1], num_images)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"fit_priors.py: {err}", file=sys.stderr)
         return 1
     print("Fitted priors:")
-    log_prior_coverage(fitted, train_dataset, train_dataset.class_names)
+    log_prior_coverage(fitted, *boxes, names, num_images)
     print(priors_yaml(fitted))
     return 0
 

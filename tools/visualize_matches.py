@@ -24,11 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
-from ssd.config import load_config  # noqa: E402
+from ssd.config import ConfigError, load_config  # noqa: E402
+from ssd.config.stored import concrete_priors  # noqa: E402
 from ssd.data.datasets import get_dataset, register_from_config  # noqa: E402
 from ssd.data.transforms import build_transforms  # noqa: E402
 from ssd.modeling.box_coder import match  # noqa: E402
-from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import make_priors, priors_per_location  # noqa: E402
 from ssd.structures.boxes import box_iou, cxcywh_to_xyxy  # noqa: E402
 from ssd.utils.visualize import color_for_label, draw_boxes, put_title, write_image  # noqa: E402
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = resolve_priors_for_inference(load_config(args.config_file, args.opts))  # AUTO: fitted priors
+    try:
+        cfg = concrete_priors(load_config(args.config_file, args.opts))
+    except ConfigError as err:  # e.g. an AUTO config: one line naming the file to pass
+        raise SystemExit(f"visualize_matches.py: {err}") from None
     register_from_config(cfg.DATASETS.REGISTER, cfg.DATASETS.CLASS_NAMES)
     size = cfg.INPUT.IMAGE_SIZE
     dataset = get_dataset(args.dataset, data_root=cfg.DATASETS.DATA_ROOT or None)

@@ -23,9 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from any folder without installing the package
 
-from ssd.config import load_config  # noqa: E402
+from ssd.config import ConfigError, load_config  # noqa: E402
+from ssd.config.stored import concrete_priors  # noqa: E402
 from ssd.data.datasets.base import read_image_rgb  # noqa: E402
-from ssd.modeling.prior_fitting import resolve_priors_for_inference  # noqa: E402
 from ssd.modeling.priors import make_priors, priors_per_location  # noqa: E402
 from ssd.structures.boxes import cxcywh_to_xyxy  # noqa: E402
 from ssd.utils.visualize import color_for_label, draw_boxes, put_title, write_image  # noqa: E402
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = resolve_priors_for_inference(load_config(args.config_file, args.opts))  # AUTO: fitted priors
+    try:
+        cfg = concrete_priors(load_config(args.config_file, args.opts))
+    except ConfigError as err:  # e.g. an AUTO config: one line naming the file to pass
+        raise SystemExit(f"visualize_priors.py: {err}") from None
     p = cfg.MODEL.PRIORS
     size = cfg.INPUT.IMAGE_SIZE
     priors_xyxy = cxcywh_to_xyxy(

@@ -80,11 +80,12 @@ _C.MODEL.PRIORS.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
 _C.MODEL.PRIORS.BOXES_PER_LOCATION = []
 # Clamp the centre-form priors (cx, cy, w, h) to [0, 1], as lufficc/SSD and Caffe SSD do.
 _C.MODEL.PRIORS.CLIP = True
-# (new) Fit the priors to the training boxes before training (ssd/modeling/prior_fitting.py): the backbone's
-# levels are kept (a MobileNet's stride-8 map is added when small objects need it), and MIN_SIZES, MAX_SIZES,
-# ASPECT_RATIOS, BOXES_PER_LOCATION, STRIDES, OUT_CHANNELS and STRIDE8_MAP are replaced by fitted values.
-# train.py logs them and writes them into OUTPUT_DIR/config.yaml (with AUTO False); test.py fits them again
-# from DATASETS.TRAIN (deterministic), or use that config.yaml.
+# (new) Fit the priors to the training boxes when train.py starts (its recipe step, ssd/engine/recipe.py; the
+# algorithm is ssd/modeling/prior_fitting.py): the backbone's levels are kept (a MobileNet's stride-8 map is
+# added when small objects need it), and MIN_SIZES, MAX_SIZES, ASPECT_RATIOS, BOXES_PER_LOCATION, STRIDES,
+# OUT_CHANNELS and STRIDE8_MAP are replaced by fitted values. train.py logs them and writes them into
+# OUTPUT_DIR/config.yaml and every checkpoint (with AUTO False); test.py, demo.py and the tools take them from
+# the checkpoint, or from that config.yaml, and never read the training data.
 _C.MODEL.PRIORS.AUTO = False
 
 _C.MODEL.BOX_HEAD = CN()
@@ -108,7 +109,7 @@ _C.INPUT.PIXEL_MEAN = [123, 117, 104]
 # lufficc/SSD), "crop" (the same without the zoom-out: for small objects, which a zoom-out shrinks below the
 # smallest priors), "light" (photometric distortion and mirror only: faster learning on short runs), "none",
 # or "auto": train.py picks "crop" when the zoom-out would shrink most boxes of some class out of reach of the
-# finest priors, else "ssd", and logs the choice (ssd/modeling/prior_fitting.py, choose_augmentation).
+# finest priors, else "ssd", and logs the choice (ssd/engine/recipe.py, choose_augmentation).
 _C.INPUT.AUGMENTATION = "ssd"
 # (new) Largest image accepted, read from the file's header before anything is decoded: datasets (checked
 # when built: one error naming every larger file), demo.py (the file is skipped and named) and the
@@ -203,7 +204,9 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 5e-4
 # Learning-rate factor at iteration 0 of the linear warmup. constraint: in (0, 1].
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 3
-# Length of the linear warmup. unit: iterations.
+# Length of the linear warmup. train.py caps it at a tenth of MAX_ITER (rounded down) and logs the cap: a warmup
+# sized for a long run would otherwise be all of a short one (a 2-image run of EPOCHS 40 has MAX_ITER 10).
+# unit: iterations.
 _C.SOLVER.WARMUP_ITERS = 500
 # (new) Clip the gradient L2 norm to this value; 0 = no clipping.
 _C.SOLVER.CLIP_GRAD_NORM = 0.0

@@ -30,6 +30,7 @@ from ssd.data.datasets.image_files import DatasetError
 from ssd.data.samplers import IterationBatchSampler, ShardedSequentialSampler, distributed_rank_and_size
 from ssd.data.split import DetectionSubset, split_for_validation
 from ssd.data.transforms import build_transforms
+from ssd.data.views import detection_datasets, with_transform
 
 logger = logging.getLogger(__name__)
 
@@ -228,47 +229,65 @@ def _holds_out_validation(cfg, num_train_images: int) -> bool:
     return True
 
 
-def build_fit_dataset(cfg) -> DetectionDataset | DetectionConcatDataset | DetectionSubset:
-    """The training images' annotations, without transforms and without the held-out validation images:
-    what the settings fitted to the data (MODEL.PRIORS.AUTO, INPUT.AUGMENTATION "auto") are chosen on."""
-    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
-    if not _holds_out_validation(cfg, len(train)):
-        return train
-    return split_for_validation(train, cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES)[0]
+def hold_out_validation(cfg, parsed: Dataset) -> tuple[Dataset, Dataset | None]:
+    """(training part, held-out validation part or None) of DATASETS.TRAIN, as parsed annotations.
+
+    The held-out part is DATASETS.VAL_FRACTION of the images (`ssd.data.split`) when DATASETS.VAL is empty;
+    with DATASETS.VAL named, or nothing to hold out, every image trains and None is returned. `parsed` is
+    DATASETS.TRAIN built once (`build_dataset(..., annotations_only=True)`); both parts share its records.
+    """
+    if cfg.DATASETS.VAL:
+        return parsed, None
+    if not _holds_out_validation(cfg, len(parsed)):
+        if cfg.DATASETS.VAL_FRACTION <= 0:
+            logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
+        return parsed, None
+    fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
+    train_part, val_part = split_for_validation(parsed, fraction, max_images)
+    capped = max_images and len(val_part) == max_images < round(fraction * len(parsed))
+    logger.info(
+        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
+        "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
+        "other %d. DATASETS.TEST is not used before the final evaluation.",
+        len(val_part), len(parsed), fraction, f", capped at DATASETS.VAL_MAX_IMAGES {max_images}" if capped else "",
+        len(train_part),
+    )  # fmt: skip
+    return train_part, val_part
 
 
-def build_train_val_datasets(cfg) -> tuple[Dataset, Dataset | None]:
-    """(training images, validation images or None) as train.py uses them.
+def build_train_val_datasets(
+    cfg, parsed: Dataset | None = None, parts: tuple[Dataset, Dataset | None] | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """(training images, validation images or None) as train.py uses them, with their pipelines.
 
     Validation is DATASETS.VAL (its first name) when given. Otherwise DATASETS.VAL_FRACTION of the training
-    images are held out (`ssd.data.split`): the training set is then the rest, and the validation set the
-    same images with the test-time pipeline (no augmentation, difficult boxes kept). DATASETS.TEST is never
-    used for validation. VAL empty and VAL_FRACTION 0: no validation.
+    images are held out (`hold_out_validation`): the training set is then the rest, and the validation set
+    the same images with the test-time pipeline (no augmentation, difficult boxes kept). DATASETS.TEST is
+    never used for validation. VAL empty and VAL_FRACTION 0: no validation.
+
+    Args:
+        parsed: DATASETS.TRAIN already built with `annotations_only=True` (parsed here when None).
+        parts: `hold_out_validation(cfg, parsed)` when already made (the recipe fits priors on its first).
     """
-    train = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    if parts is None:
+        if parsed is None:
+            parsed = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
+        parts = hold_out_validation(cfg, parsed)
+    train_part, val_part = parts
+    size, mean, augmentation = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.AUGMENTATION
+    train = with_transform(train_part, build_transforms(size, mean, True, augmentation), is_train=True)
+    if cfg.DATASETS.CHECK_IMAGES:  # skipped by the annotations-only parse; the held-out images too
+        for dataset in detection_datasets(train_part):
+            if hasattr(dataset, "verify_images"):
+                dataset.verify_images()
     if cfg.DATASETS.VAL:
         names = tuple(cfg.DATASETS.VAL)
         if len(names) > 1:
             logger.warning("Validating on %s only (the first of DATASETS.VAL %s)", names[0], names)
         return train, build_dataset(cfg, [names[0]], is_train=False)
-    if not _holds_out_validation(cfg, len(train)):
-        if cfg.DATASETS.VAL_FRACTION <= 0:
-            logger.info("DATASETS.VAL is empty and DATASETS.VAL_FRACTION is 0: no validation during training")
+    if val_part is None:
         return train, None
-    fraction, max_images = cfg.DATASETS.VAL_FRACTION, cfg.DATASETS.VAL_MAX_IMAGES
-    train_split, _ = split_for_validation(train, fraction, max_images)
-    _, val_split = split_for_validation(
-        build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=False), fraction, max_images
-    )
-    capped = max_images and len(val_split) == max_images < round(fraction * len(train))
-    logger.info(
-        "DATASETS.VAL is empty: holding out %d of the %d training images (DATASETS.VAL_FRACTION %g%s, chosen by "
-        "a hash of their file names) for validation, model_best.pth and early stopping; training uses the "
-        "other %d. DATASETS.TEST is not used before the final evaluation.",
-        len(val_split), len(train), fraction, f", capped at DATASETS.VAL_MAX_IMAGES {max_images}" if capped else "",
-        len(train_split),
-    )  # fmt: skip
-    return train_split, val_split
+    return train, with_transform(val_part, build_transforms(size, mean, False, augmentation), is_train=False)
 
 
 def build_train_loader(cfg, start_iter: int = 0, dataset: Dataset | None = None) -> DataLoader:

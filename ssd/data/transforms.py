@@ -283,7 +283,7 @@ class NormalizeToTensor:
 
 AUGMENTATIONS = ("ssd", "crop", "light", "none")
 # INPUT.AUGMENTATION may also be "auto": train.py replaces it by "ssd" or "crop" from the training boxes
-# (ssd.modeling.prior_fitting.choose_augmentation) before any pipeline is built.
+# (ssd.engine.recipe.choose_augmentation) before any pipeline is built.
 
 
 def build_transforms(

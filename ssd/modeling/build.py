@@ -106,10 +106,9 @@ def build_detection_model(cfg: CfgNode) -> SSDDetector:
     image_size = cfg.INPUT.IMAGE_SIZE
     if priors_cfg.AUTO:
         raise ConfigError(
-            "MODEL.PRIORS.AUTO is True: the priors must be fitted to the training boxes before the model is "
-            "built (train.py and test.py do it; in your own code call "
-            "ssd.modeling.prior_fitting.resolve_auto_priors(cfg, training_dataset), or use the config.yaml "
-            "that train.py wrote into OUTPUT_DIR, which holds the fitted values)"
+            "MODEL.PRIORS.AUTO is True: the priors are fitted to the training boxes when train.py starts "
+            "(ssd/engine/recipe.py); build from the concrete config it wrote, OUTPUT_DIR/config.yaml, or the "
+            "config stored in its checkpoint"
         )
     backbone = build_backbone(cfg, model_cfg.BACKBONE.PRETRAINED, model_cfg.BACKBONE.STRIDE8_MAP)
     check_backbone(cfg, feature_map_shapes(backbone, image_size))

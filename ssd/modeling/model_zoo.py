@@ -25,16 +25,18 @@ from torch import Tensor
 from yacs.config import CfgNode
 
 from ssd.config.loading import ConfigError, load_config
+from ssd.config.stored import concrete_priors
 from ssd.data.datasets.base import BACKGROUND
 from ssd.data.datasets.synthetic import SHAPE_CLASSES
 from ssd.data.datasets.voc import VOC_CLASSES
 from ssd.modeling.build import build_detection_model
-from ssd.modeling.prior_fitting import resolve_priors_for_inference
 from ssd.modeling.weights import (
+    LoadReport,
     WeightsError,
     convert_lufficc,
     convert_torchvision_ssd300_vgg16,
     load_matching,
+    load_model_weights,
     read_state_dict,
 )
 from ssd.utils.device import select_device
@@ -198,6 +200,24 @@ def bundled_file(name: str | Path) -> Path | None:
     return MODELS_DIR / f"{name}.pth" if isinstance(name, str) and name in BUNDLED_MODELS else None
 
 
+def read_weights(source: str | Path) -> dict[str, Tensor]:
+    """A state dict from any name MODEL.WEIGHTS and --ckpt accept: a zoo name (downloaded and converted),
+    a bundled model's name (models/NAME.pth), a file or a URL (`weights.read_state_dict`).
+
+    Raises:
+        WeightsError: see `load_zoo_state_dict` and `weights.read_state_dict`.
+    """
+    source = str(source)
+    if is_zoo_name(source):  # e.g. MODEL.WEIGHTS vgg_ssd300_voc0712
+        return load_zoo_state_dict(source)
+    return read_state_dict(bundled_file(source) or source)  # e.g. --ckpt bccd_ssdlite
+
+
+def load_weights(model: torch.nn.Module, source: str | Path, strict: bool = False) -> LoadReport:
+    """`weights.load_model_weights` for any name `read_weights` accepts (train.py's MODEL.WEIGHTS, test.py)."""
+    return load_model_weights(model, source, strict, state_dict=read_weights(source))
+
+
 @dataclass
 class LoadedDetector:
     """A detector in eval mode with what is needed to run and label it."""
@@ -284,7 +304,7 @@ def load_detector(
     else:
         cfg = load_config(config_file, overrides, freeze=True)
 
-    cfg = resolve_priors_for_inference(cfg, metadata.get("config"))
+    cfg = concrete_priors(cfg, metadata.get("config"), ckpt)  # AUTO: the priors the weights learnt with
     model = build_detection_model(cfg)
     report = load_matching(model, state_dict, ckpt)  # fp16 tensors are cast to the model's float32
     if report.shape_mismatch or report.missing or report.unexpected:

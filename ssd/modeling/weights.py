@@ -122,20 +122,16 @@ def _first_line(err: Exception) -> str:
 
 
 def read_state_dict(path_or_url: str | Path) -> dict[str, Tensor]:
-    """A state dict from a model-zoo name, or a file or URL holding a state dict or a checkpoint dict with "model".
+    """A state dict from a file or URL holding a state dict or a checkpoint dict with "model".
+
+    Names (a model-zoo entry, a bundled model) are `model_zoo.read_weights`'s: this module, which the
+    backbones use for their ImageNet files, knows nothing of the zoo.
 
     Raises:
         WeightsError: the file is missing, unreadable, holds neither form, or holds NaN/inf weights; the
             message names the file.
     """
     source = str(path_or_url)
-    from ssd.modeling import model_zoo  # lazy: the zoo builds on this module
-
-    if model_zoo.is_zoo_name(source):  # e.g. MODEL.WEIGHTS vgg_ssd300_voc0712: downloaded and converted
-        return model_zoo.load_zoo_state_dict(source)
-    source = str(
-        model_zoo.bundled_file(source) or source
-    )  # e.g. --ckpt bccd_ssdlite: models/bccd_ssdlite.pth
     if source.startswith(("http://", "https://")):
         content = _load_url(source)
     else:
@@ -225,7 +221,12 @@ def _num_classes_hint(model: nn.Module, key: str, file_shape: tuple[int, ...]) -
     return f": the checkpoint has {file_shape[0] // anchors} classes but MODEL.NUM_CLASSES is {num_classes}"
 
 
-def load_model_weights(model: nn.Module, path_or_url: str | Path, strict: bool = False) -> LoadReport:
+def load_model_weights(
+    model: nn.Module,
+    path_or_url: str | Path,
+    strict: bool = False,
+    state_dict: Mapping[str, Tensor] | None = None,
+) -> LoadReport:
     """Initialise `model` from a checkpoint, e.g. to fine-tune a detector on another dataset.
 
     Tensors whose shape differs from the model's (the classification heads when the class count differs)
@@ -236,12 +237,15 @@ def load_model_weights(model: nn.Module, path_or_url: str | Path, strict: bool =
         model: the module to fill (usually an SSDDetector).
         path_or_url: a state dict file, or a checkpoint dict with a "model" entry; a URL is cached by torch.hub.
         strict: every key must exist in both and every shape must match; otherwise raise.
+        state_dict: the weights, already read (`model_zoo.load_weights` passes a converted zoo entry);
+            `path_or_url` then only names them in the report.
 
     Raises:
         WeightsError: missing or unreadable file; a file for another architecture (both modes); with
             strict, the first key that does not fit. `model` is unchanged then.
     """
-    state_dict = read_state_dict(path_or_url)
+    if state_dict is None:
+        state_dict = read_state_dict(path_or_url)
     report = match_state_dict(model, state_dict, str(path_or_url))
     total = len(model.state_dict())
     if strict and (report.missing or report.unexpected):

@@ -142,6 +142,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         """
         return self._records[index]
 
+    def box_arrays(self) -> tuple[np.ndarray, ...]:
+        """All boxes at once (`RecordTable.box_arrays`): boxes_xyxy (B, 4), labels (B,), difficult (B,),
+        image (B,), widths (N,), heights (N,); for statistics over a whole dataset (prior fitting)."""
+        return self._records.box_arrays()
+
     def load_image(self, index: int) -> np.ndarray:
         """uint8 (H, W, 3) RGB image; raises an error naming the file when it cannot be read."""
         return read_image_rgb(

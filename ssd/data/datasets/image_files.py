@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -81,16 +82,25 @@ def image_path_inside(image_root: str | Path, name: str, source: str, follow_sym
         follow_symlinks: accept symbolic links whose target is outside `image_root` (DATASETS.FOLLOW_SYMLINKS).
     """
     name = str(name).strip()
-    normalised = Path(os.path.normpath(name)) if name else Path(".")
-    if not name or Path(name).anchor or normalised.parts[:1] in (("..",), ()):
+    normalised = os.path.normpath(name) if name else "."
+    if not name or os.path.isabs(name) or normalised in (".", "..") or normalised.startswith(".." + os.sep):
         raise DatasetError(
             f"{source}: image path {name!r} does not name a file inside the image folder {image_root} "
             "(empty, absolute and '..' paths are refused); write it relative to that folder"
         )
-    path = Path(image_root) / normalised
-    if not follow_symlinks:
+    path = os.path.join(image_root, normalised)
+    # A file right in the folder that is no link cannot lead outside: one lstat, not a resolve of the whole
+    # path (118k COCO images: 0.6 s instead of 9 s). Anything else is resolved in full.
+    if not follow_symlinks and (os.sep in normalised or _is_link(path)):
         check_link_inside(image_root, path, source)
-    return path
+    return Path(path)
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:  # a missing file is no link (the image check reports it)
+        return False
 
 
 def check_link_inside(folder: str | Path, path: str | Path, source: str) -> None:
@@ -99,8 +109,8 @@ def check_link_inside(folder: str | Path, path: str | Path, source: str) -> None
     Raises:
         DatasetError: naming the path, where it leads and DATASETS.FOLLOW_SYMLINKS.
     """
-    target = Path(path).resolve()
-    if not target.is_relative_to(Path(folder).resolve()):
+    target, inside = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([target, inside]) != inside:
         raise DatasetError(
             f"{source}: {path} is a symbolic link to {target}, outside the dataset folder {folder}; links that "
             "leave the folder are refused (set DATASETS.FOLLOW_SYMLINKS True to allow them)"
@@ -173,6 +183,83 @@ def _header_size(source: str | Path | io.BytesIO) -> tuple[int, int] | None:
     return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
 
 
+# JPEG frame headers (SOF0-15 without DHT C4, JPG C8, DAC CC): they hold the height and width.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEADER_BYTES = 65536  # the frame header of a camera JPEG follows its EXIF (at most 64 kB)
+
+
+def _plain_header_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) of a JPEG or PNG read from its first bytes, when nothing in them can turn the image:
+    a JPEG without any APP1 segment (EXIF or XMP, where Pillow finds an orientation), a PNG without an eXIf
+    chunk before its pixels. Anything else (other formats, those files, a header this does not follow) is
+    None, and Pillow reads it (`_header_size`). Pillow takes about 2.5 times as long; for a COCO-sized
+    dataset, checked file by file when it is built, that is seconds of start-up."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)  # a JPEG's frame header without EXIF before it comes within these
+            if head[:2] == b"\xff\xd8":
+                size, more = _jpeg_size(head)
+                if more and len(head) == 4096:  # long tables or comments first: up to _HEADER_BYTES
+                    size, _ = _jpeg_size(head + handle.read(_HEADER_BYTES - 4096))
+                return size
+            if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and b"IDAT" in head:
+                return _png_size(head)
+    except OSError:
+        return None
+    return None
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    """A PNG's (height, width) from IHDR when no eXIf chunk comes before the first IDAT (chunks: length,
+    type, data, CRC)."""
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    i = 8
+    while i + 8 <= len(head):
+        kind = head[i + 4 : i + 8]
+        if kind == b"eXIf":
+            return None
+        if kind == b"IDAT":
+            return (height, width) if height and width else None
+        i += 12 + int.from_bytes(head[i : i + 4], "big")
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """Walk a JPEG's segments (0xFF, marker, 2-byte length) up to the frame header.
+
+    Returns:
+        ((height, width) or None, whether `head` ended before the walk did: more bytes may tell). None at an
+        APP1 segment or a broken structure.
+    """
+    i = 2
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None, False
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xE1:  # APP1: EXIF or XMP, which may turn the image
+            return None, False
+        if marker in _JPEG_FRAME_MARKERS:
+            if i + 9 > len(head):
+                return None, True
+            height, width = (
+                int.from_bytes(head[i + 5 : i + 7], "big"),
+                int.from_bytes(head[i + 7 : i + 9], "big"),
+            )
+            return ((height, width) if height and width else None), False
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if length < 2:
+            return None, False
+        i += 2 + length
+    return None, True
+
+
 def image_size_from_file(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file as `read_image_rgb` will decode it, read from the header when Pillow
     can (fast, the pixels are not decoded), else by decoding the file with OpenCV.
@@ -181,10 +268,11 @@ def image_size_from_file(path: str | Path) -> tuple[int, int]:
         FileNotFoundError: no such file.
         OSError: neither Pillow nor OpenCV can read it (corrupt, or not an image); the message names it.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path, not pathlib: called once per image when a dataset is built
         raise DatasetFileNotFoundError(f"image file not found: {path}")
-    size = _header_size(path)
+    size = _plain_header_size(path)
+    if size is None:
+        size = _header_size(path)
     if size is not None:
         return size
     height, width = read_image_rgb(path).shape[:2]  # OpenCV's own pixel limit applies

@@ -112,6 +112,16 @@ class RecordTable:
         """(N,) int64 number of boxes of each image (without building the records)."""
         return np.diff(self._box_starts)
 
+    def box_arrays(self) -> tuple[np.ndarray, ...]:
+        """Every box of every image at once, as the table holds them (read-only views, no dict per image).
+
+        Returns:
+            boxes_xyxy (B, 4) float32 pixels, labels (B,) int64, difficult (B,) bool, image (B,) int64 index
+            of each box's image, widths (N,) int64, heights (N,) int64.
+        """
+        image = np.repeat(np.arange(len(self), dtype=np.int64), self.num_boxes())  # (B,)
+        return self._boxes, self._labels, self._difficult, image, self._widths, self._heights
+
     def select(self, indices: Sequence[int]) -> RecordTable:
         """A new table of the records at `indices`, in that order."""
         return RecordTable([self[int(i)] for i in indices])
