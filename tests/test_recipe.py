@@ -3,7 +3,6 @@ concrete config out; and inference, which builds only from concrete configs (ssd
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -77,20 +76,18 @@ def synthetic_cfg(*opts, base=FINETUNE):
     )  # fmt: skip
 
 
-def boxes_of_the_training_split(cfg):
-    """Written again from the documented rules: the 20 % of file names with the smallest SHA-1 are held out;
-    the training boxes are the others' non-difficult boxes over their image size."""
+def boxes_of_the_training_split(cfg, held_out: set[str]):
+    """The training boxes read apart from the recipe: every image whose file name is not in `held_out` (the
+    split itself is tested in test_split.py), its non-difficult boxes over its image size."""
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True, annotations_only=True)
     records = [dataset.get_annotation(i) for i in range(len(dataset))]
-    digest = [int.from_bytes(hashlib.sha1(r["file_name"].encode()).digest()[:8], "big") for r in records]
-    held = set(sorted(range(len(records)), key=lambda i: (digest[i], i))[: round(0.2 * len(records))])
     boxes, labels = [], []
-    for i, r in enumerate(records):
-        if i not in held:
+    for r in records:
+        if r["file_name"] not in held_out:
             keep = ~r["difficult"]
             boxes.append(r["boxes_xyxy"][keep] / np.array([r["width"], r["height"]] * 2, dtype=np.float64))
             labels.append(r["labels"][keep])
-    return np.concatenate(boxes), np.concatenate(labels), len(records) - len(held)
+    return np.concatenate(boxes), np.concatenate(labels), len(records) - len(held_out)
 
 
 def test_recipe_parses_once_and_returns_a_concrete_config(monkeypatch, caplog):
@@ -106,7 +103,9 @@ def test_recipe_parses_once_and_returns_a_concrete_config(monkeypatch, caplog):
     assert parses == ["fit_train"]  # DATASETS.TRAIN parsed once for the fit, training and validation
     concrete = result.cfg
     assert not concrete.MODEL.PRIORS.AUTO and concrete.INPUT.AUGMENTATION in ("ssd", "crop")
-    boxes_norm, labels, num_train = boxes_of_the_training_split(cfg)
+    val = result.val_dataset
+    held_out = {val.get_annotation(i)["file_name"] for i in range(len(val))}
+    boxes_norm, labels, num_train = boxes_of_the_training_split(cfg, held_out)
     assert (len(result.train_dataset), len(result.val_dataset)) == (num_train, 24 - num_train) == (19, 5)
     assert concrete.SOLVER.MAX_ITER == 24  # ceil(5 epochs * 19 images / 4 per iteration)
     assert concrete.SOLVER.WARMUP_ITERS == 2  # the base's 50, capped at 10 % of 24
@@ -154,7 +153,7 @@ def test_a_two_image_run_of_epochs_is_not_all_warmup():
 
 def test_inference_takes_the_stored_priors_or_says_which_file_to_pass():
     cfg = synthetic_cfg()
-    boxes_norm, labels, num_train = boxes_of_the_training_split(cfg)
+    boxes_norm, labels, num_train = boxes_of_the_training_split(cfg, held_out=set())
     fitted = fit_config_priors(cfg, boxes_norm, labels, num_train)
     assert concrete_priors(cfg, fitted.dump()).MODEL.PRIORS.dump() == fitted.MODEL.PRIORS.dump()
     assert concrete_priors(fitted) is fitted  # a concrete config as it is

@@ -179,7 +179,7 @@ class FakeDataset:
 def test_a_small_or_incomplete_held_out_split_is_warned_about_once(caplog):
     with caplog.at_level("WARNING"):
         split_for_validation(FakeDataset([[1, 2]] * 100), 0.2)  # 20 images, both classes: no warning
-        split_for_validation(FakeDataset([[1]] * 30, is_train=True), 0.2)  # the training copy: not warned
+        split_for_validation(FakeDataset([[1]] * 30), 0.2, warn=False)  # asked not to warn
         split_for_validation(FakeDataset([[1]] * 30), 0.2)  # 6 images
         split_for_validation(FakeDataset([[1]] * 99 + [[3]]), 0.2)  # 'c' in one image: it trains
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

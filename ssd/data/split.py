@@ -166,13 +166,11 @@ def _stratified(order: list[int], classes: list[set[int]], num_val: int) -> list
 
 
 def split_for_validation(
-    dataset, fraction: float, max_images: int = 0, warn: bool | None = None
+    dataset, fraction: float, max_images: int = 0, warn: bool = True
 ) -> tuple[DetectionSubset, DetectionSubset]:
     """`holdout_split` applied to a dataset, by relative names and classes: (train subset, validation subset).
 
-    `warn`: log a warning when the validation split is small or misses a class; None = only for a test-time
-    copy of the dataset (not `is_train`), which is the one validation reads (train.py splits the training
-    copy too, and the fit dataset: the same split, warned once).
+    `warn`: log a warning when the validation split is small or misses a class (train.py splits once).
     """
     annotations = [dataset.get_annotation(i) for i in range(len(dataset))]
     names = relative_names([a["file_name"] for a in annotations])
@@ -180,8 +178,6 @@ def split_for_validation(
     train, val = holdout_split(names, fraction, max_images, classes)
     base = getattr(dataset, "name", type(dataset).__name__)
     percent = math.floor(100 * len(val) / len(names) + 0.5)
-    if warn is None:
-        warn = not all(getattr(part, "is_train", False) for part in getattr(dataset, "datasets", [dataset]))
     if warn:
         _warn_if_small(dataset.class_names, classes, val, len(names), fraction)
     return (
