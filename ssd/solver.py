@@ -176,6 +176,11 @@ def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -
 
     One iteration takes BATCH_SIZE images on each of `world_size` processes. `cfg` is returned unchanged when
     EPOCHS is 0. Example: 128 images, batch 8, EPOCHS 40 -> 16 iterations per epoch, MAX_ITER 640.
+
+    SOLVER.MIN_ITER is a floor: on a small dataset EPOCHS passes are few iterations (70 images, batch 8,
+    EPOCHS 40: 350), too few for the fresh heads to learn (docs/custom_dataset.md, "Run length"). The run then
+    takes more epochs, and EVAL_PERIOD grows in proportion, so it validates as often as EPOCHS / EVAL_EPOCHS
+    says. Example: 70 images, MIN_ITER 640 -> MAX_ITER 640 (73.1 epochs), EVAL_PERIOD 80.
     """
     s = cfg.SOLVER
     if s.EPOCHS <= 0:
@@ -183,14 +188,26 @@ def resolve_epoch_schedule(cfg: CfgNode, num_images: int, world_size: int = 1) -
     per_epoch = num_images / (s.BATCH_SIZE * world_size)  # iterations per epoch (fractional)
     resolved = cfg.clone()
     resolved.defrost()
-    resolved.SOLVER.MAX_ITER = max(1, math.ceil(s.EPOCHS * per_epoch))
+    by_epochs = max(1, math.ceil(s.EPOCHS * per_epoch))
+    resolved.SOLVER.MAX_ITER = max(by_epochs, s.MIN_ITER)
+    lengthened = resolved.SOLVER.MAX_ITER > by_epochs
+    if lengthened:
+        logger.info(
+            "SOLVER.MIN_ITER %d: %d epochs over %d images would be %d iterations; the run takes %d (%.1f epochs), "
+            "validating as often as EPOCHS / EVAL_EPOCHS says", s.MIN_ITER, s.EPOCHS, num_images, by_epochs,
+            resolved.SOLVER.MAX_ITER, resolved.SOLVER.MAX_ITER / per_epoch,
+        )  # fmt: skip
     if s.MAX_ITER not in (resolved.SOLVER.MAX_ITER, _C.SOLVER.MAX_ITER):  # set by the user, not the default
         logger.warning(
             "SOLVER.MAX_ITER %d is replaced: SOLVER.EPOCHS %d sets the length (set SOLVER.EPOCHS 0 to count "
             "iterations instead)", s.MAX_ITER, s.EPOCHS,
         )  # fmt: skip
     if s.EVAL_EPOCHS > 0:
-        period = max(1, math.ceil(s.EVAL_EPOCHS * per_epoch))
+        # EVAL_EPOCHS of EPOCHS, as a share of the run (the lengthened run validates as many times)
+        per_eval = (
+            s.EVAL_EPOCHS * resolved.SOLVER.MAX_ITER / s.EPOCHS if lengthened else s.EVAL_EPOCHS * per_epoch
+        )
+        period = max(1, math.ceil(per_eval))
         resolved.SOLVER.EVAL_PERIOD = period
         resolved.SOLVER.CHECKPOINT_PERIOD = period
     logger.info(

@@ -187,6 +187,26 @@ def test_epochs_round_the_whole_run_up_not_each_epoch():
     assert (tiny.SOLVER.MAX_ITER, tiny.SOLVER.EVAL_PERIOD) == (4, 2)
 
 
+def test_min_iter_lengthens_a_small_run_and_keeps_the_number_of_validations(caplog):
+    from ssd.solver import resolve_epoch_schedule
+
+    cfg = load_config(opts=["SOLVER.EPOCHS", "40", "SOLVER.EVAL_EPOCHS", "5", "SOLVER.BATCH_SIZE", "8",
+                            "SOLVER.LR_SCHEDULER", "cosine", "SOLVER.MIN_ITER", "640"])  # fmt: skip
+    # 70 images: 8.75 iterations per epoch, 40 epochs = 350 -> the floor, 640 (73.1 epochs). 8 validations
+    # (40 / 5) over 640 iterations: every 80.
+    with caplog.at_level("INFO"):
+        small = resolve_epoch_schedule(cfg, num_images=70)
+    assert (small.SOLVER.MAX_ITER, small.SOLVER.EVAL_PERIOD, small.SOLVER.CHECKPOINT_PERIOD) == (640, 80, 80)
+    assert any(
+        "would be 350 iterations; the run takes 640 (73.1 epochs)" in r.getMessage() for r in caplog.records
+    )
+    # 205 images: 40 epochs = 1025 iterations, above the floor: EPOCHS decides, 5 epochs = 128.1 -> 129.
+    large = resolve_epoch_schedule(cfg, num_images=205)
+    assert (large.SOLVER.MAX_ITER, large.SOLVER.EVAL_PERIOD) == (1025, 129)
+    with pytest.raises(ConfigError, match="SOLVER.MIN_ITER must be >= 0"):
+        load_config(opts=["SOLVER.MIN_ITER", "-1"])
+
+
 def test_epochs_need_the_cosine_schedule():
     with pytest.raises(ConfigError, match="SOLVER.EPOCHS"):
         load_config(opts=["SOLVER.EPOCHS", "10"])  # the default multistep LR_STEPS are in iterations

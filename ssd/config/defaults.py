@@ -185,6 +185,10 @@ _C.SOLVER.MAX_ITER = 120000
 # to ceil(EPOCHS * images / (BATCH_SIZE * processes)) and logs it. unit: epochs.
 # constraint: >= 0; with LR_SCHEDULER "cosine" (multistep LR_STEPS are in iterations).
 _C.SOLVER.EPOCHS = 0
+# (new) With EPOCHS > 0: the run is at least this many iterations. A small dataset gets more epochs (logged),
+# and EVAL_PERIOD grows in proportion, so the number of validations stays. 0 = no floor. unit: iterations.
+# constraint: >= 0.
+_C.SOLVER.MIN_ITER = 0
 # (new) With EPOCHS > 0: validate and save a checkpoint every this many epochs (sets EVAL_PERIOD and
 # CHECKPOINT_PERIOD); 0 = keep those two as given. unit: epochs.
 _C.SOLVER.EVAL_EPOCHS = 0

@@ -166,6 +166,8 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"DATASETS.VAL_MAX_IMAGES must be >= 0 (0 = no cap), got {cfg.DATASETS.VAL_MAX_IMAGES}"
         )
+    if cfg.SOLVER.MIN_ITER < 0:
+        raise ConfigError(f"SOLVER.MIN_ITER must be >= 0 (0 = no floor), got {cfg.SOLVER.MIN_ITER}")
     if cfg.SOLVER.EPOCHS < 0 or cfg.SOLVER.EVAL_EPOCHS < 0:
         raise ConfigError(
             f"SOLVER.EPOCHS and SOLVER.EVAL_EPOCHS must be >= 0, got {cfg.SOLVER.EPOCHS} and {cfg.SOLVER.EVAL_EPOCHS}"
