@@ -91,7 +91,9 @@ def boxes_of_the_training_split(cfg, held_out: set[str]):
 
 
 def test_recipe_parses_once_and_returns_a_concrete_config(monkeypatch, caplog):
-    cfg = synthetic_cfg("SOLVER.EPOCHS", "5", "SOLVER.BATCH_SIZE", "4", "DATASETS.VAL_FRACTION", "0.2")
+    cfg = synthetic_cfg(
+        "SOLVER.EPOCHS", "5", "SOLVER.MIN_ITER", "0", "SOLVER.BATCH_SIZE", "4", "DATASETS.VAL_FRACTION", "0.2"
+    )
     assert cfg.MODEL.PRIORS.AUTO and cfg.INPUT.AUGMENTATION == "auto"
     parses = []
     real_get_dataset = data_build.get_dataset

@@ -39,6 +39,7 @@ DATA_LOADER:
 SOLVER:
   BATCH_SIZE: 4
   EPOCHS: 2
+  MIN_ITER: 0  # the base's floor would make this a 640-iteration run
   EVAL_EPOCHS: 1
   WARMUP_ITERS: 2
 LOGGING:
@@ -193,6 +194,7 @@ DATA_LOADER:
 SOLVER:
   BATCH_SIZE: 3
   EPOCHS: 1
+  MIN_ITER: 0  # the base's floor would make this a 640-iteration run
   EVAL_EPOCHS: 1
   WARMUP_ITERS: 1
   BEST_METRIC: "val/loss"  # validation computes the loss only (no evaluators): seconds

@@ -10,7 +10,7 @@ borrows its fit, as a preview). The start-up, step by step:
                                                                         is modeling/prior_fitting.py)
     5. INPUT.AUGMENTATION "auto" -> "crop" or "ssd"                     (`choose_augmentation`)
     6. two views of the one parse: training pipeline, test pipeline   (data/build.py: build_train_val_datasets)
-    7. SOLVER.EPOCHS -> MAX_ITER, EVAL_PERIOD, CHECKPOINT_PERIOD        (solver.py: resolve_epoch_schedule)
+    7. SOLVER.EPOCHS (at least MIN_ITER) -> MAX_ITER, EVAL_PERIOD, ...  (solver.py: resolve_epoch_schedule)
     8. SOLVER.WARMUP_ITERS capped to a share of MAX_ITER                (`cap_warmup`)
     9. the coverage table of the chosen priors on the training boxes   (`log_prior_coverage`)
 
