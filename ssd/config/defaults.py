@@ -58,6 +58,12 @@ _C.MODEL.BACKBONE.WIDTH_MULT = 1.0
 # the stride-16 map's priors (see configs/mobilenet_v2_ssd320_bccd.yaml). Adds a level: OUT_CHANNELS and
 # MODEL.PRIORS.* then need 7 entries.
 _C.MODEL.BACKBONE.STRIDE8_MAP = False
+# (new) Fine-tuning: the layers of the ImageNet trunk whose output stride is <= this keep their pretrained
+# weights and BatchNorm statistics (no gradient, no backward pass through them). 4 freezes the stem and the
+# stride-4 blocks (as Detectron2's FREEZE_AT 2): about a quarter less time per MobileNetV2 training step on a
+# CPU. 0 trains every layer (lufficc/SSD).
+# constraint: >= 0.
+_C.MODEL.BACKBONE.FREEZE_TO_STRIDE = 0
 
 _C.MODEL.PRIORS = CN()
 # Side length of each feature map, one entry per level, largest first (e.g. 38 for conv4_3 at 300).

@@ -58,3 +58,62 @@ class SeparableConv2d(nn.Sequential):
                 pointwise=nn.Conv2d(in_channels, out_channels, kernel_size=1),
             )
         )
+
+
+class FreezableTrunk(nn.Module):
+    """Base of the backbones: the leading layers of the ImageNet trunk can be frozen for fine-tuning.
+
+    A frozen layer keeps its pretrained weights and its BatchNorm statistics: its parameters get no gradient
+    and it stays in eval mode when the model is put in train mode. Nothing before it needs a gradient either,
+    so autograd records no backward pass through the frozen layers, which saves their backward time (the
+    high-resolution early layers are a large share of a training step on a CPU). Detectron2 freezes the stem
+    and the stride-4 stage of its ResNets the same way (MODEL.BACKBONE.FREEZE_AT 2). The state dict does not
+    change, so checkpoints load into a frozen or an unfrozen model alike.
+
+    A subclass names its trunk (an nn.Sequential run first in `forward`) in `trunk_name`.
+    """
+
+    trunk_name = "features"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen_layers = 0
+
+    def trunk(self) -> nn.Sequential:
+        return getattr(self, self.trunk_name)
+
+    def trunk_output_strides(self, probe_size: int = 64) -> list[int]:
+        """Output stride of each trunk layer (its input size over its output size), from a probe forward
+        in eval mode (no BatchNorm statistics change)."""
+        was_training = self.training
+        self.eval()
+        strides = []
+        with torch.no_grad():
+            x = torch.zeros(1, 3, probe_size, probe_size)
+            for layer in self.trunk():
+                x = layer(x)
+                strides.append(probe_size // x.shape[-1])
+        self.train(was_training)
+        return strides
+
+    def freeze_to_stride(self, max_stride: int) -> int:
+        """Freeze the leading trunk layers whose output stride is <= `max_stride`; return how many.
+
+        0 freezes nothing; 4 freezes the stem and the stride-4 blocks (MobileNetV2 `features[0:4]`, VGG16
+        conv1_1 .. relu3_3).
+        """
+        strides = self.trunk_output_strides()
+        count = 0
+        while count < len(strides) and strides[count] <= max_stride:
+            count += 1
+        self.frozen_layers = count
+        for parameter in self.trunk()[:count].parameters():
+            parameter.requires_grad_(False)
+        self.train(self.training)
+        return count
+
+    def train(self, mode: bool = True) -> FreezableTrunk:
+        super().train(mode)
+        if self.frozen_layers:
+            self.trunk()[: self.frozen_layers].eval()  # frozen BatchNorm keeps its ImageNet statistics
+        return self

@@ -22,6 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssd.modeling import weights
+from ssd.modeling.layers import FreezableTrunk
 from ssd.modeling.registry import BACKBONES
 
 
@@ -103,7 +104,7 @@ _BLOCKS = (
 _EXTRAS = ((512, 0.2), (256, 0.25), (256, 0.5), (64, 0.25))
 
 
-class MobileNetV2SSD(nn.Module):
+class MobileNetV2SSD(FreezableTrunk):
     """MobileNetV2 features + 4 extra inverted residuals; emits 6 feature maps (strides 16 .. 320 at 320).
 
     Args:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ssd.modeling import weights
 from ssd.modeling.backbone.mobilenet_v2 import make_divisible, tapped_forward
+from ssd.modeling.layers import FreezableTrunk
 from ssd.modeling.registry import BACKBONES
 
 
@@ -142,7 +143,7 @@ _BLOCKS = (
 _EXTRAS = ((192, 512), (128, 256), (128, 256), (64, 64))
 
 
-class MobileNetV3SSD(nn.Module):
+class MobileNetV3SSD(FreezableTrunk):
     """MobileNetV3-Large features + 4 extra bnecks; emits 6 feature maps (strides 16 .. 320 at 320).
 
     Args:

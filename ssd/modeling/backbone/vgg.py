@@ -24,7 +24,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from ssd.modeling import weights
-from ssd.modeling.layers import L2Norm
+from ssd.modeling.layers import FreezableTrunk, L2Norm
 from ssd.modeling.registry import BACKBONES
 
 # VGG16 configuration D (Simonyan & Zisserman), conv1_1 .. conv5_3: (name, out_channels) or a pool name.
@@ -88,12 +88,14 @@ def _extras(image_size: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-class VGG16SSD(nn.Module):
+class VGG16SSD(FreezableTrunk):
     """VGG16 (reduced fc) + L2Norm on conv4_3 + extra layers; emits 6 (SSD300) or 7 (SSD512) feature maps.
 
     Args:
         image_size: 300 or 512; selects the extra layers (the base network is the same).
     """
+
+    trunk_name = "vgg"
 
     def __init__(self, image_size: int = 300):
         super().__init__()
