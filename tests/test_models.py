@@ -282,3 +282,56 @@ def test_wrong_feature_maps_names_the_key():
 def test_unknown_backbone_lists_the_registered_ones():
     with pytest.raises(KeyError, match="mobilenet_v2"):
         build("vgg_ssd300_voc0712.yaml", "MODEL.BACKBONE.NAME", "resnet50")
+
+
+# Output stride of each of the first trunk layers, from the architectures' tables (MobileNetV2 paper Table 2:
+# the stem and the first bottleneck at stride 2, two blocks at 4, three at 8; VGG16: two convs with ReLUs at
+# stride 1, pool1, two convs with ReLUs at 2, pool2). A frozen prefix ends before the first stride-8 layer.
+@pytest.mark.parametrize(
+    ("backbone", "first_strides", "frozen_at_4"),
+    [
+        ("mobilenet_v2", [2, 2, 4, 4, 8, 8, 8], 4),
+        ("mobilenet_v3", [2, 2, 4, 4, 8, 8, 8], 4),
+        ("vgg", [1, 1, 1, 1, 2, 2, 2, 2, 2, 4], 16),  # conv1_1 .. relu3_3: pool3 is the first stride-8 layer
+    ],
+)
+def test_trunk_output_strides_and_frozen_prefix(backbone, first_strides, frozen_at_4):
+    model = build(SMOKE_CONFIGS[backbone], *small_opts(backbone))
+    strides = model.backbone.trunk_output_strides()
+    assert strides[: len(first_strides)] == first_strides
+    assert model.backbone.freeze_to_stride(4) == frozen_at_4
+    assert strides[frozen_at_4 - 1] == 4 and strides[frozen_at_4] == 8
+
+
+def test_frozen_layers_keep_weights_and_batchnorm_statistics_through_training():
+    """MODEL.BACKBONE.FREEZE_TO_STRIDE 4 on MobileNetV2: after optimizer steps in train mode, the stem and the
+    stride-4 blocks (features[0:4]) hold exactly their initial weights and BatchNorm running statistics, while
+    the next block and the heads change; the state dict has the same keys as an unfrozen model's."""
+    cfg_opts = (*SMALL_MOBILENET, "MODEL.BACKBONE.FREEZE_TO_STRIDE", "4")
+    model = build(SMOKE_CONFIGS["mobilenet_v2"], *cfg_opts).train()
+    trunk = model.backbone.features
+    assert [layer.training for layer in trunk[:5]] == [False, False, False, False, True]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        images = torch.randn(2, 3, 128, 128) * 50
+        losses = model(images, [one_box_target(), one_box_target(label=2)])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen_keys = {
+        k for k in before if k.split(".")[:2] in (["backbone", "features"],) and int(k.split(".")[2]) < 4
+    }
+    assert frozen_keys and not (frozen_keys & changed)
+    assert "backbone.features.4.conv.0.0.weight" in changed  # the first stride-8 block trains
+    assert "backbone.features.4.conv.0.1.running_mean" in changed  # and its BatchNorm follows the batches
+    assert any(k.startswith("predictor.") for k in changed)
+    assert all(p.grad is None for p in trunk[:4].parameters())
+    assert set(after) == set(build(SMOKE_CONFIGS["mobilenet_v2"], *SMALL_MOBILENET).state_dict())
+
+
+def test_negative_freeze_to_stride_names_the_key():
+    with pytest.raises(ConfigError, match="MODEL.BACKBONE.FREEZE_TO_STRIDE"):
+        build(SMOKE_CONFIGS["mobilenet_v2"], *SMALL_MOBILENET, "MODEL.BACKBONE.FREEZE_TO_STRIDE", "-1")
