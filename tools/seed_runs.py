@@ -14,17 +14,22 @@ Everything after `--` is passed to train.py (config file and KEY VALUE overrides
 wall-clock and CPU time (of train.py and its data-loader workers) and test.py's metrics
 (OUTPUT_DIR/inference/<dataset>/results.json), and per metric the mean, sample standard deviation, min and max
 over the runs. `tests/test_published_numbers.py` checks the numbers of the docs against these files.
+
+`--jobs N` runs N seeds at the same time (each run's CPU time is still its own, read when it ends; with
+train.py's DataLoader workers, N runs share the cores, so the wall time of each grows). Each run's output then
+goes to OUTPUT_DIR/stdout.txt instead of the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import datetime
 import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -68,9 +73,11 @@ def summarize(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_one(train_args: list[str], seed: int, output_dir: Path) -> dict:
-    """Run train.py once; return its seed, times and flattened test metrics."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def run_one(train_args: list[str], seed: int, output_dir: Path, quiet: bool = False) -> dict:
+    """Run train.py once; return its seed, times and flattened test metrics.
+
+    quiet: send the run's output to OUTPUT_DIR/stdout.txt (for runs that share the terminal).
+    """
     start = time.perf_counter()
     command = [
         sys.executable,
@@ -82,10 +89,17 @@ def run_one(train_args: list[str], seed: int, output_dir: Path) -> dict:
         str(output_dir),
     ]
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=REPO)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "stdout.txt", "w") if quiet else contextlib.nullcontext() as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log else None)
+        # wait4 gives this child's own resource use (with the workers it reaped), also while other runs go on
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if process.returncode != 0:
+        where = f"; its output is in {output_dir / 'stdout.txt'}" if quiet else ""
+        raise SystemExit(f"seed {seed}: train.py exited with {process.returncode}{where}")
+    cpu = usage.ru_utime + usage.ru_stime
     results = {}
     for path in sorted((output_dir / "inference").glob("*/results.json")):
         results[path.parent.name] = json.loads(path.read_text())
@@ -130,7 +144,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--output-root", default="outputs/seed_runs", metavar="DIR", help="runs go to DIR/<name>/seed<k>"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at the same time (default 1: one after another)",
+    )
     args = parser.parse_args(own)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeats a seed: {args.seeds}")
     return args, train_args
@@ -141,7 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     results_path = Path(args.results)
     machine = machine_description()
     root = Path(args.output_root) / results_path.stem
-    runs = [run_one(train_args, seed, (root / f"seed{seed}").resolve()) for seed in args.seeds]
+    quiet = args.jobs > 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(run_one, train_args, seed, (root / f"seed{seed}").resolve(), quiet)
+            for seed in args.seeds
+        ]
+        runs = [future.result() for future in futures]
     command = "python tools/seed_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = build_results(runs, command, train_args, machine)
     results_path.parent.mkdir(parents=True, exist_ok=True)
