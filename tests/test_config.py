@@ -38,6 +38,18 @@ def test_wrong_type_names_the_key():
         load_config(opts=["SOLVER.MAX_ITER", "'many'"])
 
 
+def test_whole_numbers_are_accepted_for_float_keys(tmp_path):
+    """`DATASETS.VAL_FRACTION 0` and `LR: 1` are floats to the user; yacs alone refuses an int for a float key."""
+    config = tmp_path / "c.yaml"
+    config.write_text("SOLVER:\n  LR: 1\n  MAX_ITER: 5\nDATASETS:\n  VAL_FRACTION: 0\n")
+    cfg = load_config(config, ["MODEL.THRESHOLD", "1", "SOLVER.WEIGHT_DECAY", "0"])
+    values = (cfg.SOLVER.LR, cfg.DATASETS.VAL_FRACTION, cfg.MODEL.THRESHOLD, cfg.SOLVER.WEIGHT_DECAY)
+    assert values == (1.0, 0.0, 1.0, 0.0) and all(type(v) is float for v in values)
+    assert type(cfg.SOLVER.MAX_ITER) is int
+    with pytest.raises(ConfigError, match="SOLVER.LR"):  # a float key still refuses a string
+        load_config(None, ["SOLVER.LR", "'fast'"])
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -39,6 +39,35 @@ def _merge(cfg: CfgNode, merge, source: str) -> None:
         raise ConfigError(f"{source}: {err}") from None
 
 
+def _ints_as_floats(defaults: CfgNode, data: dict) -> dict:
+    """`data` (a YAML mapping) with whole numbers given for float keys turned into floats (`VAL_FRACTION: 0`
+    means 0.0; yacs would refuse the int). Other values are left for yacs to check."""
+    converted = {}
+    for key, value in data.items():
+        default = defaults.get(key) if isinstance(defaults, CfgNode) else None
+        if isinstance(default, CfgNode) and isinstance(value, dict):
+            value = _ints_as_floats(default, value)
+        elif type(default) is float and type(value) is int:
+            value = float(value)
+        converted[key] = value
+    return converted
+
+
+def _override_ints_as_floats(cfg: CfgNode, opts: Sequence[str]) -> list[str]:
+    """KEY VALUE overrides with a whole number for a float key written as a float ("0" -> "0.0")."""
+    converted = list(opts)
+    for i in range(0, len(converted) - 1, 2):
+        node = cfg
+        for part in str(converted[i]).split("."):
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        if type(node) is float:
+            try:
+                converted[i + 1] = repr(float(int(converted[i + 1])))
+            except (TypeError, ValueError):
+                pass  # not a whole number: yacs checks it
+    return converted
+
+
 BASE_KEY = "_BASE_"
 
 
@@ -68,6 +97,7 @@ def merge_config_file(cfg: CfgNode, path: str | Path, _including: tuple[Path, ..
         if not isinstance(base, str) or not base:
             raise ConfigError(f"config file {path}: {BASE_KEY} must be one file name, got {base!r}")
         merge_config_file(cfg, path.parent / base, (*_including, resolved))
+    data = _ints_as_floats(cfg, data)
     _merge(cfg, lambda: cfg.merge_from_other_cfg(CfgNode(data)), f"config file {path}")
 
 
@@ -90,7 +120,8 @@ def load_config(
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
-        _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line override")
+        opts = _override_ints_as_floats(cfg, opts)
+        _merge(cfg, lambda: cfg.merge_from_list(opts), "command-line override")
     check_config(cfg)
     if freeze:
         cfg.freeze()
