@@ -60,8 +60,9 @@ _C.MODEL.BACKBONE.WIDTH_MULT = 1.0
 _C.MODEL.BACKBONE.STRIDE8_MAP = False
 # (new) Fine-tuning: the layers of the ImageNet trunk whose output stride is <= this keep their pretrained
 # weights and BatchNorm statistics (no gradient, no backward pass through them). 4 freezes the stem and the
-# stride-4 blocks (as Detectron2's FREEZE_AT 2), which makes each training step cheaper (the time saved is
-# measured in docs/custom_dataset.md, "Run length on a small dataset"). 0 trains every layer (lufficc/SSD).
+# stride-4 blocks (as Detectron2's FREEZE_AT 2), which makes each training step cheaper; whether it costs
+# accuracy depends on how far your images are from ImageNet's (compare over seeds with tools/seed_runs.py).
+# 0 trains every layer (lufficc/SSD, and the fine-tuning base).
 # constraint: >= 0.
 _C.MODEL.BACKBONE.FREEZE_TO_STRIDE = 0
 
