@@ -260,6 +260,50 @@ def test_stride8_map_adds_a_first_level_and_no_parameters(config_name, stride8_c
     assert cls_logits.shape[1] == 40 * 40 * 4 + 6 * (400 + 100 + 25 + 9 + 4 + 1) == 9634
 
 
+@pytest.mark.parametrize(
+    "config_name, expansion_channels, expansion_modules",
+    [("mobilenet_v2_ssd320_voc0712.yaml", 192, 1), ("mobilenet_v3_ssd320_voc0712.yaml", 240, 3)],
+)
+def test_stride8_expansion_source_taps_the_first_stride16_blocks_expansion(
+    config_name, expansion_channels, expansion_modules
+):
+    """STRIDE8_SOURCE "expansion": the first map is the 1x1 expansion (conv, BN, activation) of features[7],
+    32 x 6 = 192 (V2) or 40 x 6 = 240 (V3) channels at 40 x 40; the other six maps are the plain model's,
+    value for value, with the same weights, and the state dict has the same keys."""
+    plain = build(config_name).backbone.eval()
+    seven_levels = (
+        "MODEL.BACKBONE.STRIDE8_MAP", "True", "MODEL.BACKBONE.STRIDE8_SOURCE", "expansion",
+        "MODEL.BACKBONE.OUT_CHANNELS", str(tuple([expansion_channels, *plain.out_channels])),
+        "MODEL.PRIORS.FEATURE_MAPS", "[40, 20, 10, 5, 3, 2, 1]",
+        "MODEL.PRIORS.STRIDES", "[8, 16, 32, 64, 107, 160, 320]",
+        "MODEL.PRIORS.MIN_SIZES", "[20, 60, 105, 150, 195, 240, 285]",
+        "MODEL.PRIORS.MAX_SIZES", "[60, 105, 150, 195, 240, 285, 330]",
+        "MODEL.PRIORS.ASPECT_RATIOS", "[[2], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3]]",
+        "MODEL.PRIORS.BOXES_PER_LOCATION", "[4, 6, 6, 6, 6, 6, 6]",
+    )  # fmt: skip
+    backbone = build(config_name, *seven_levels).backbone.eval()
+    assert backbone.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(backbone.state_dict())
+    images = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        features = backbone(images)
+        x = backbone.features[:7](images)
+        for module in backbone.features[7].conv[:expansion_modules]:
+            x = module(x)
+        plain_features = plain(images)
+    assert features[0].shape == (1, expansion_channels, 40, 40)
+    torch.testing.assert_close(features[0], x)
+    for got, expected in zip(features[1:], plain_features, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_unknown_stride8_source_names_the_key():
+    with pytest.raises(ConfigError, match="MODEL.BACKBONE.STRIDE8_SOURCE.*'expanded'"):
+        load_config(
+            CONFIGS / "mobilenet_v2_ssd320_voc0712.yaml", ["MODEL.BACKBONE.STRIDE8_SOURCE", "expanded"]
+        )
+
+
 def test_stride8_map_on_vgg_names_the_key():
     with pytest.raises(ConfigError, match="MODEL.BACKBONE.STRIDE8_MAP.*'vgg'.*conv4_3"):
         build("vgg_ssd300_voc0712.yaml", "MODEL.BACKBONE.STRIDE8_MAP", "True")

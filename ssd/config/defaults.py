@@ -58,6 +58,12 @@ _C.MODEL.BACKBONE.WIDTH_MULT = 1.0
 # the stride-16 map's priors (see configs/mobilenet_v2_ssd320_bccd.yaml). Adds a level: OUT_CHANNELS and
 # MODEL.PRIORS.* then need 7 entries.
 _C.MODEL.BACKBONE.STRIDE8_MAP = False
+# (new) Which stride-8 map STRIDE8_MAP adds: "block", the output of the last stride-8 block (above), or
+# "expansion", the 1x1 expansion of the first stride-16 block, computed at stride 8 before its stride-2
+# depthwise conv (MobileNetV2 192 channels, MobileNetV3 240; pretrained, no extra backbone compute), where
+# torchvision's SSDLite taps its stride-16 level. OUT_CHANNELS[0] is then that width.
+# constraint: "block" or "expansion".
+_C.MODEL.BACKBONE.STRIDE8_SOURCE = "block"
 # (new) Fine-tuning: the layers of the ImageNet trunk whose output stride is <= this keep their pretrained
 # weights and BatchNorm statistics (no gradient, no backward pass through them). 4 freezes the stem and the
 # stride-4 blocks (as Detectron2's FREEZE_AT 2), which makes each training step cheaper; whether it costs

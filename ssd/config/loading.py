@@ -179,6 +179,13 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}"
         )
+    if cfg.MODEL.BACKBONE.STRIDE8_SOURCE not in (
+        "block",
+        "expansion",
+    ):  # backbone/mobilenet_v2.STRIDE8_SOURCES
+        raise ConfigError(
+            f"MODEL.BACKBONE.STRIDE8_SOURCE must be 'block' or 'expansion', got {cfg.MODEL.BACKBONE.STRIDE8_SOURCE!r}"
+        )
     if cfg.INPUT.AUGMENTATION not in ("ssd", "crop", "light", "none", "auto"):  # transforms.AUGMENTATIONS
         raise ConfigError(
             f"INPUT.AUGMENTATION must be 'ssd', 'crop', 'light', 'none' or 'auto', got {cfg.INPUT.AUGMENTATION!r}"

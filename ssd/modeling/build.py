@@ -75,7 +75,7 @@ def build_backbone(cfg: CfgNode, pretrained: bool, stride8_map: bool) -> nn.Modu
     backbone_cfg = cfg.MODEL.BACKBONE
     builder = BACKBONES.get_builder(backbone_cfg.NAME)
     # stride8_map is passed only when set, so builders that do not offer it keep the 3-argument signature.
-    options = {"stride8_map": True} if stride8_map else {}
+    options = {"stride8_map": True, "stride8_source": backbone_cfg.STRIDE8_SOURCE} if stride8_map else {}
     if options and "stride8_map" not in inspect.signature(builder).parameters:
         raise ConfigError(
             f"MODEL.BACKBONE.STRIDE8_MAP is True but backbone {backbone_cfg.NAME!r} has no stride-8 "

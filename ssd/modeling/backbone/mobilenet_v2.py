@@ -76,6 +76,8 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
         self.use_residual = stride == 1 and in_channels == out_channels
+        self.hidden_channels = hidden
+        self.expansion_layers = 1 if expand_ratio != 1 else 0  # leading `conv` modules of the 1x1 expansion
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNReLU6(in_channels, hidden, kernel_size=1))  # pointwise expansion
@@ -111,10 +113,14 @@ class MobileNetV2SSD(FreezableTrunk):
         width_mult: scales every width (the "width multiplier" of the paper); the last 1x1 conv keeps at
             least 1280 channels, as in torchvision. The extra layers are scaled too (a choice made here;
             lufficc/SSD has width 1.0 only). ImageNet weights exist for 1.0 only.
-        stride8_map: also emit features[6] (stride 8) as the first of 7 maps. Adds no parameters.
+        stride8_map: also emit a stride-8 map as the first of 7 maps. Adds no parameters.
+        stride8_source: which stride-8 map: "block", the output of features[6] (32 channels at width 1.0, the
+            last stride-8 block), or "expansion", the 1x1 expansion inside features[7] (192 channels, ReLU6),
+            computed at stride 8 before that block's stride-2 depthwise conv, as torchvision's SSDLite taps
+            its stride-16 level.
     """
 
-    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False):
+    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False, stride8_source: str = "block"):
         super().__init__()
         in_channels = make_divisible(32 * width_mult)
         last_channels = make_divisible(1280 * max(1.0, width_mult))
@@ -128,7 +134,7 @@ class MobileNetV2SSD(FreezableTrunk):
         self.features = nn.Sequential(*layers)
         # Blocks whose output is a prediction source besides the last layer: the last stride-16 block (96
         # channels at width 1.0), preceded by the last stride-8 block (32 channels) with `stride8_map`.
-        self.tap_indices = (6, 13) if stride8_map else (13,)
+        self.tap_indices, self.expansion_tap = stride8_taps(stride8_map, stride8_source, 6, 13)
 
         self.extras = nn.ModuleList()
         in_channels = last_channels
@@ -136,7 +142,7 @@ class MobileNetV2SSD(FreezableTrunk):
             out_channels = make_divisible(c * width_mult)
             self.extras.append(InvertedResidual(in_channels, out_channels, stride=2, expand_ratio=t))
             in_channels = out_channels
-        self.out_channels = [self.features[i].conv[-1].num_features for i in self.tap_indices]
+        self.out_channels = tapped_channels(self.features, self.tap_indices, self.expansion_tap)
         self.out_channels += [last_channels] + [block.conv[-1].num_features for block in self.extras]
         self.reset_parameters()
 
@@ -151,23 +157,61 @@ class MobileNetV2SSD(FreezableTrunk):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
-        return tapped_forward(self.features, self.extras, self.tap_indices, images)
+        return tapped_forward(self.features, self.extras, self.tap_indices, images, self.expansion_tap)
+
+
+STRIDE8_SOURCES = ("block", "expansion")
+
+
+def stride8_taps(
+    stride8_map: bool, stride8_source: str, last_stride8_block: int, last_stride16_block: int
+) -> tuple[tuple[int, ...], int | None]:
+    """(tap_indices, expansion_tap) of a MobileNet: the blocks whose output is a map, and the block whose
+    1x1 expansion output is one (None: none). The expansion tapped is that of the first stride-16 block."""
+    if stride8_source not in STRIDE8_SOURCES:
+        raise ValueError(
+            f"MODEL.BACKBONE.STRIDE8_SOURCE must be one of {STRIDE8_SOURCES}, got {stride8_source!r}"
+        )
+    if not stride8_map:
+        return (last_stride16_block,), None
+    if stride8_source == "block":
+        return (last_stride8_block, last_stride16_block), None
+    return (last_stride16_block,), last_stride8_block + 1
+
+
+def tapped_channels(
+    features: nn.Sequential, tap_indices: tuple[int, ...], expansion_tap: int | None
+) -> list[int]:
+    """Channels of the maps tapped inside `features`, in level order (an expansion tap comes first)."""
+    channels = [features[expansion_tap].hidden_channels] if expansion_tap is not None else []
+    return channels + [features[i].conv[-1].num_features for i in tap_indices]
 
 
 def tapped_forward(
-    features: nn.Sequential, extras: nn.ModuleList, tap_indices: tuple[int, ...], images: Tensor
+    features: nn.Sequential,
+    extras: nn.ModuleList,
+    tap_indices: tuple[int, ...],
+    images: Tensor,
+    expansion_tap: int | None = None,
 ) -> list[Tensor]:
     """The MobileNet SSD forward (MobileNetV2 and V3): run `features`, keeping the outputs of the blocks in
     `tap_indices` (stride 16, and stride 8 with a stride-8 map) and of the last layer (stride 32), then each
-    extra layer's output (strides 64 ..).
+    extra layer's output (strides 64 ..). With `expansion_tap`, that block runs in two parts and the output
+    of its 1x1 expansion (still at the stride of its input) is kept too; the block must have no residual
+    (a stride-2 block), so the two parts compute what the whole block does.
 
     Returns:
-        len(tap_indices) + 1 + len(extras) maps (N, C_l, f_l, f_l), largest first.
+        len(tap_indices) + 1 + len(extras) (+ 1 with an expansion tap) maps (N, C_l, f_l, f_l), largest first.
     """
     maps = []
     x = images
     for index, layer in enumerate(features):
-        x = layer(x)
+        if index == expansion_tap:
+            expanded = layer.conv[: layer.expansion_layers](x)
+            maps.append(expanded)
+            x = layer.conv[layer.expansion_layers :](expanded)
+        else:
+            x = layer(x)
         if index in tap_indices:
             maps.append(x)
     maps.append(x)  # the last layer of `features`
@@ -179,7 +223,11 @@ def tapped_forward(
 
 @BACKBONES.register("mobilenet_v2")
 def build_mobilenet_v2(
-    image_size: int, pretrained: bool, width_mult: float = 1.0, stride8_map: bool = False
+    image_size: int,
+    pretrained: bool,
+    width_mult: float = 1.0,
+    stride8_map: bool = False,
+    stride8_source: str = "block",
 ) -> MobileNetV2SSD:
     """MobileNetV2 SSDLite backbone; `pretrained` loads torchvision's ImageNet weights into `features`.
 
@@ -188,13 +236,14 @@ def build_mobilenet_v2(
         pretrained: load `weights.PRETRAINED_URLS["mobilenet_v2"]` through the torch hub cache.
         width_mult: MobileNet width multiplier; pretrained weights need 1.0.
         stride8_map: MODEL.BACKBONE.STRIDE8_MAP; emit the stride-8 map first (7 maps).
+        stride8_source: MODEL.BACKBONE.STRIDE8_SOURCE, "block" or "expansion" (see MobileNetV2SSD).
     """
     if pretrained and width_mult != 1.0:
         raise ValueError(
             f"ImageNet MobileNetV2 weights exist for MODEL.BACKBONE.WIDTH_MULT 1.0 only, got {width_mult}; "
             "set MODEL.BACKBONE.PRETRAINED False"
         )
-    backbone = MobileNetV2SSD(width_mult, stride8_map)
+    backbone = MobileNetV2SSD(width_mult, stride8_map, stride8_source)
     if pretrained:
         weights.load_pretrained_backbone(backbone, "mobilenet_v2")
     return backbone

@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssd.modeling import weights
-from ssd.modeling.backbone.mobilenet_v2 import make_divisible, tapped_forward
+from ssd.modeling.backbone.mobilenet_v2 import make_divisible, stride8_taps, tapped_channels, tapped_forward
 from ssd.modeling.layers import FreezableTrunk
 from ssd.modeling.registry import BACKBONES
 
@@ -79,6 +79,9 @@ class InvertedResidualV3(nn.Module):
     ):
         super().__init__()
         self.use_residual = stride == 1 and in_channels == out_channels
+        self.hidden_channels = hidden_channels
+        # leading `conv` modules of the 1x1 expansion (conv, BN, activation); 0 without an expansion
+        self.expansion_layers = 3 if in_channels != hidden_channels else 0
 
         def act() -> nn.Module:
             return nn.Hardswish() if use_hswish else nn.ReLU(inplace=True)
@@ -151,7 +154,7 @@ class MobileNetV3SSD(FreezableTrunk):
             (a choice made here; lufficc/SSD has width 1.0 only). ImageNet weights exist for 1.0 only.
     """
 
-    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False):
+    def __init__(self, width_mult: float = 1.0, stride8_map: bool = False, stride8_source: str = "block"):
         super().__init__()
         in_channels = make_divisible(16 * width_mult)
         layers: list[nn.Module] = [_conv_bn_hswish(3, in_channels, 3, 2)]  # features[0]
@@ -167,7 +170,8 @@ class MobileNetV3SSD(FreezableTrunk):
         self.features = nn.Sequential(*layers)
         # Blocks whose output is a prediction source besides the last layer: the last stride-16 block (112
         # channels at width 1.0), preceded by the last stride-8 block (40 channels) with `stride8_map`.
-        self.tap_indices = (6, 12) if stride8_map else (12,)
+        # "expansion" taps the 1x1 expansion of features[7] instead (240 channels; see MobileNetV2SSD).
+        self.tap_indices, self.expansion_tap = stride8_taps(stride8_map, stride8_source, 6, 12)
 
         self.extras = nn.ModuleList()
         in_channels = last_channels
@@ -179,7 +183,7 @@ class MobileNetV3SSD(FreezableTrunk):
                 )
             )
             in_channels = out_channels
-        self.out_channels = [self.features[i].conv[-1].num_features for i in self.tap_indices]
+        self.out_channels = tapped_channels(self.features, self.tap_indices, self.expansion_tap)
         self.out_channels += [last_channels] + [block.conv[-1].num_features for block in self.extras]
         self.reset_parameters()
 
@@ -198,12 +202,16 @@ class MobileNetV3SSD(FreezableTrunk):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """(N, 3, S, S) -> 6 (7) feature maps (N, out_channels[l], f_l, f_l), largest first."""
-        return tapped_forward(self.features, self.extras, self.tap_indices, images)
+        return tapped_forward(self.features, self.extras, self.tap_indices, images, self.expansion_tap)
 
 
 @BACKBONES.register("mobilenet_v3")
 def build_mobilenet_v3(
-    image_size: int, pretrained: bool, width_mult: float = 1.0, stride8_map: bool = False
+    image_size: int,
+    pretrained: bool,
+    width_mult: float = 1.0,
+    stride8_map: bool = False,
+    stride8_source: str = "block",
 ) -> MobileNetV3SSD:
     """MobileNetV3-Large SSDLite backbone; `pretrained` loads d-li14's ImageNet weights into `features`.
 
@@ -212,13 +220,14 @@ def build_mobilenet_v3(
         pretrained: load `weights.PRETRAINED_URLS["mobilenet_v3"]` through the torch hub cache.
         width_mult: MobileNet width multiplier; pretrained weights need 1.0.
         stride8_map: MODEL.BACKBONE.STRIDE8_MAP; emit the stride-8 map first (7 maps).
+        stride8_source: MODEL.BACKBONE.STRIDE8_SOURCE, "block" or "expansion" (see MobileNetV2SSD).
     """
     if pretrained and width_mult != 1.0:
         raise ValueError(
             f"ImageNet MobileNetV3 weights exist for MODEL.BACKBONE.WIDTH_MULT 1.0 only, got {width_mult}; "
             "set MODEL.BACKBONE.PRETRAINED False"
         )
-    backbone = MobileNetV3SSD(width_mult, stride8_map)
+    backbone = MobileNetV3SSD(width_mult, stride8_map, stride8_source)
     if pretrained:
         weights.load_pretrained_backbone(backbone, "mobilenet_v3")
     return backbone
