@@ -228,15 +228,11 @@ def test_feature_map_shapes_match_lufficc(config_name, expected):
     assert shapes == [(c, s, s) for c, s in expected]
 
 
-@pytest.mark.parametrize(
-    "config_name, stride8_channels",
-    [("mobilenet_v2_ssd320_voc0712.yaml", 32), ("mobilenet_v3_ssd320_voc0712.yaml", 40)],
-)
-def test_stride8_map_adds_a_first_level_and_no_parameters(config_name, stride8_channels):
-    plain = build(config_name).backbone
-    seven_levels = (
+def seven_level_opts(stride8_channels: int, plain_channels: list[int]) -> tuple[str, ...]:
+    """Overrides that add the stride-8 map (40 x 40 at 320) in front of a MobileNet's six levels."""
+    return (
         "MODEL.BACKBONE.STRIDE8_MAP", "True",
-        "MODEL.BACKBONE.OUT_CHANNELS", str(tuple([stride8_channels, *plain.out_channels])),
+        "MODEL.BACKBONE.OUT_CHANNELS", str(tuple([stride8_channels, *plain_channels])),
         "MODEL.PRIORS.FEATURE_MAPS", "[40, 20, 10, 5, 3, 2, 1]",
         "MODEL.PRIORS.STRIDES", "[8, 16, 32, 64, 107, 160, 320]",
         "MODEL.PRIORS.MIN_SIZES", "[20, 60, 105, 150, 195, 240, 285]",
@@ -244,7 +240,15 @@ def test_stride8_map_adds_a_first_level_and_no_parameters(config_name, stride8_c
         "MODEL.PRIORS.ASPECT_RATIOS", "[[2], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3]]",
         "MODEL.PRIORS.BOXES_PER_LOCATION", "[4, 6, 6, 6, 6, 6, 6]",
     )  # fmt: skip
-    model = build(config_name, *seven_levels).eval()
+
+
+@pytest.mark.parametrize(
+    "config_name, stride8_channels",
+    [("mobilenet_v2_ssd320_voc0712.yaml", 32), ("mobilenet_v3_ssd320_voc0712.yaml", 40)],
+)
+def test_stride8_map_adds_a_first_level_and_no_parameters(config_name, stride8_channels):
+    plain = build(config_name).backbone
+    model = build(config_name, *seven_level_opts(stride8_channels, plain.out_channels)).eval()
     shapes = feature_map_shapes(model.backbone, 320)
     assert shapes[0] == (stride8_channels, 40, 40)
     assert shapes[1:] == feature_map_shapes(plain, 320)  # the six usual maps follow unchanged
@@ -271,17 +275,8 @@ def test_stride8_expansion_source_taps_the_first_stride16_blocks_expansion(
     32 x 6 = 192 (V2) or 40 x 6 = 240 (V3) channels at 40 x 40; the other six maps are the plain model's,
     value for value, with the same weights, and the state dict has the same keys."""
     plain = build(config_name).backbone.eval()
-    seven_levels = (
-        "MODEL.BACKBONE.STRIDE8_MAP", "True", "MODEL.BACKBONE.STRIDE8_SOURCE", "expansion",
-        "MODEL.BACKBONE.OUT_CHANNELS", str(tuple([expansion_channels, *plain.out_channels])),
-        "MODEL.PRIORS.FEATURE_MAPS", "[40, 20, 10, 5, 3, 2, 1]",
-        "MODEL.PRIORS.STRIDES", "[8, 16, 32, 64, 107, 160, 320]",
-        "MODEL.PRIORS.MIN_SIZES", "[20, 60, 105, 150, 195, 240, 285]",
-        "MODEL.PRIORS.MAX_SIZES", "[60, 105, 150, 195, 240, 285, 330]",
-        "MODEL.PRIORS.ASPECT_RATIOS", "[[2], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2, 3]]",
-        "MODEL.PRIORS.BOXES_PER_LOCATION", "[4, 6, 6, 6, 6, 6, 6]",
-    )  # fmt: skip
-    backbone = build(config_name, *seven_levels).backbone.eval()
+    opts = seven_level_opts(expansion_channels, plain.out_channels)
+    backbone = build(config_name, *opts, "MODEL.BACKBONE.STRIDE8_SOURCE", "expansion").backbone.eval()
     assert backbone.state_dict().keys() == plain.state_dict().keys()
     plain.load_state_dict(backbone.state_dict())
     images = torch.randn(1, 3, 320, 320)
