@@ -133,7 +133,8 @@ class MobileNetV2SSD(FreezableTrunk):
         layers.append(ConvBNReLU6(in_channels, last_channels, kernel_size=1))  # features[18]
         self.features = nn.Sequential(*layers)
         # Blocks whose output is a prediction source besides the last layer: the last stride-16 block (96
-        # channels at width 1.0), preceded by the last stride-8 block (32 channels) with `stride8_map`.
+        # channels at width 1.0), preceded with `stride8_map` by the last stride-8 block (32 channels) or, with
+        # stride8_source "expansion", by the 1x1 expansion of the first stride-16 block (192 channels).
         self.tap_indices, self.expansion_tap = stride8_taps(stride8_map, stride8_source, 6, 13)
 
         self.extras = nn.ModuleList()

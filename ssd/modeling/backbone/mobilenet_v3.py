@@ -152,6 +152,9 @@ class MobileNetV3SSD(FreezableTrunk):
     Args:
         width_mult: scales every width as d-li14's implementation does; the extra layers are scaled too
             (a choice made here; lufficc/SSD has width 1.0 only). ImageNet weights exist for 1.0 only.
+        stride8_map: also emit a stride-8 map as the first of 7 maps. Adds no parameters.
+        stride8_source: "block", the output of features[6] (40 channels), or "expansion", the 1x1 expansion
+            inside features[7] (240 channels, h-swish), as in MobileNetV2SSD.
     """
 
     def __init__(self, width_mult: float = 1.0, stride8_map: bool = False, stride8_source: str = "block"):
