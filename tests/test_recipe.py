@@ -159,6 +159,19 @@ def test_inference_takes_the_stored_priors_or_says_which_file_to_pass():
     fitted = fit_config_priors(cfg, boxes_norm, labels, num_train)
     assert concrete_priors(cfg, fitted.dump()).MODEL.PRIORS.dump() == fitted.MODEL.PRIORS.dump()
     assert concrete_priors(fitted) is fitted  # a concrete config as it is
+    # A checkpoint from before MODEL.BACKBONE.STRIDE8_SOURCE existed was trained with the "block" map, also
+    # where today's config (the fine-tuning base) says "expansion".
+    old_stored = fitted.clone()
+    old_stored.defrost()
+    del old_stored.MODEL.BACKBONE["STRIDE8_SOURCE"]
+    cfg_expansion = cfg.clone()
+    cfg_expansion.defrost()
+    cfg_expansion.MODEL.BACKBONE.STRIDE8_SOURCE = "expansion"
+    assert concrete_priors(cfg_expansion, old_stored.dump()).MODEL.BACKBONE.STRIDE8_SOURCE == "block"
+    assert (
+        concrete_priors(cfg_expansion, fitted.dump()).MODEL.BACKBONE.STRIDE8_SOURCE
+        == fitted.MODEL.BACKBONE.STRIDE8_SOURCE
+    )
     for stored in (None, cfg.dump()):  # nothing stored, or a stored config that is not concrete either
         with pytest.raises(ConfigError, match=r"checkpoint x.pth stores none; pass .*OUTPUT_DIR/config.yaml"):
             concrete_priors(cfg, stored, "x.pth")

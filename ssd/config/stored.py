@@ -21,6 +21,10 @@ FITTED_KEYS = (
     "MODEL.BACKBONE.STRIDE8_SOURCE", "MODEL.BACKBONE.OUT_CHANNELS",
 )  # fmt: skip
 
+# Fitted keys newer than some checkpoints, with the value every checkpoint written before the key existed was
+# trained with (such a stored config lacks the key).
+BEFORE_THE_KEY = {"MODEL.BACKBONE.STRIDE8_SOURCE": "block"}
+
 
 def concrete_priors(
     cfg: CfgNode, stored_config_yaml: str | None = None, source: str | Path | None = None
@@ -52,7 +56,7 @@ def concrete_priors(
         *path, leaf = key.split(".")
         for part in path:
             node, stored_node = node[part], stored_node[part]
-        node[leaf] = stored_node[leaf]
+        node[leaf] = stored_node[leaf] if leaf in stored_node else BEFORE_THE_KEY[key]
     resolved.MODEL.PRIORS.AUTO = False
     if cfg.is_frozen():
         resolved.freeze()
