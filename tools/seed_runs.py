@@ -17,7 +17,9 @@ over the runs. `tests/test_published_numbers.py` checks the numbers of the docs 
 
 `--jobs N` runs N seeds at the same time (each run's CPU time is still its own, read when it ends; with
 train.py's DataLoader workers, N runs share the cores, so the wall time of each grows). Each run's output then
-goes to OUTPUT_DIR/stdout.txt instead of the terminal.
+goes to OUTPUT_DIR/stdout.txt instead of the terminal. Each run holds its own model, data and loader workers
+in memory: on a machine without room for N of them, every run slows down waiting for memory, so keep N to
+what the memory holds (top's RES of one train.py, times N, well under the total).
 """
 
 from __future__ import annotations
