@@ -44,7 +44,7 @@ def _ints_as_floats(defaults: CfgNode, data: dict) -> dict:
     means 0.0; yacs would refuse the int). Other values are left for yacs to check."""
     converted = {}
     for key, value in data.items():
-        default = defaults.get(key) if isinstance(defaults, CfgNode) else None
+        default = defaults.get(key)
         if isinstance(default, CfgNode) and isinstance(value, dict):
             value = _ints_as_floats(default, value)
         elif type(default) is float and type(value) is int:
@@ -164,6 +164,7 @@ def check_config(cfg: CfgNode) -> None:
         ("MODEL.NUM_CLASSES", cfg.MODEL.NUM_CLASSES, 2),
         ("INPUT.IMAGE_SIZE", cfg.INPUT.IMAGE_SIZE, 1),
         ("SOLVER.BATCH_SIZE", cfg.SOLVER.BATCH_SIZE, 1),
+        ("MODEL.BACKBONE.FREEZE_TO_STRIDE", cfg.MODEL.BACKBONE.FREEZE_TO_STRIDE, 0),
     ):
         if value < lowest:
             raise ConfigError(f"{key} must be >= {lowest}, got {value}")
@@ -179,12 +180,10 @@ def check_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {cfg.SOLVER.LR_SCHEDULER!r}"
         )
-    if cfg.MODEL.BACKBONE.STRIDE8_SOURCE not in (
-        "block",
-        "expansion",
-    ):  # backbone/mobilenet_v2.STRIDE8_SOURCES
+    stride8_source = cfg.MODEL.BACKBONE.STRIDE8_SOURCE
+    if stride8_source not in ("block", "expansion"):  # backbone/mobilenet_v2.STRIDE8_SOURCES
         raise ConfigError(
-            f"MODEL.BACKBONE.STRIDE8_SOURCE must be 'block' or 'expansion', got {cfg.MODEL.BACKBONE.STRIDE8_SOURCE!r}"
+            f"MODEL.BACKBONE.STRIDE8_SOURCE must be 'block' or 'expansion', got {stride8_source!r}"
         )
     if cfg.INPUT.AUGMENTATION not in ("ssd", "crop", "light", "none", "auto"):  # transforms.AUGMENTATIONS
         raise ConfigError(

@@ -112,11 +112,7 @@ def build_detection_model(cfg: CfgNode) -> SSDDetector:
         )
     backbone = build_backbone(cfg, model_cfg.BACKBONE.PRETRAINED, model_cfg.BACKBONE.STRIDE8_MAP)
     check_backbone(cfg, feature_map_shapes(backbone, image_size))
-    if model_cfg.BACKBONE.FREEZE_TO_STRIDE < 0:
-        raise ConfigError(
-            f"MODEL.BACKBONE.FREEZE_TO_STRIDE must be >= 0, got {model_cfg.BACKBONE.FREEZE_TO_STRIDE}"
-        )
-    if model_cfg.BACKBONE.FREEZE_TO_STRIDE:
+    if model_cfg.BACKBONE.FREEZE_TO_STRIDE:  # >= 0: checked with the other values (config/loading.py)
         backbone.freeze_to_stride(model_cfg.BACKBONE.FREEZE_TO_STRIDE)
 
     predictor = BOX_PREDICTORS.get_builder(model_cfg.BOX_HEAD.PREDICTOR)(
